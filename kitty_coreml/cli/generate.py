@@ -1,0 +1,129 @@
+"""`kitty-coreml generate PROMPT`: one request, a progress bar, where the PNGs are stored."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .app import app
+
+# Shared by `generate` and `batch`: the same flags mean the same thing everywhere.
+NEGATIVE = typer.Option("", "--negative", help="Negative prompt: what to steer away from.")
+COUNT = typer.Option(1, "--count", "-n", help="Images to make, 1..8.")
+STEPS = typer.Option(20, "--steps", help="Diffusion steps, 1..150.")
+GUIDANCE = typer.Option(7.5, "--guidance", help="Guidance scale, 0..30.")
+SCHEDULER = typer.Option("pndm", "--scheduler", help="pndm or dpmpp.")
+COMPUTE_UNITS = typer.Option(None, "--compute-units",
+                             help="all, cpuOnly, cpuAndGPU or cpuAndNeuralEngine; default from the model's attention.")
+SEED = typer.Option(None, "--seed", help="0..4294967295; default: derived from the prompt and run id.")
+RUN_ID = typer.Option(None, "--run-id", help="Run id; with the prompt it gives the seed (Studio rule).")
+IMAGE = typer.Option(None, "--image", help="Start from this image (img2img); needs a model with a VAEEncoder.")
+STRENGTH = typer.Option(None, "--strength", help="How far to move from --image, 0..1 (default 0.5).")
+SAFETY = typer.Option(True, "--safety/--no-safety", help="Run the model's safety checker, if it has one.")
+REDUCE_MEMORY = typer.Option(False, "--reduce-memory", help="Load models on demand to lower peak memory.")
+TIMEOUT = typer.Option(None, "--timeout", help="Seconds before the engine is killed (default 900).")
+ENGINE = typer.Option(None, "--engine", help="auto, sample, coreml-worker, diffusers or mock.")
+MODEL = typer.Option(None, "--model", help="Installed model name or a model folder.")
+JSON = typer.Option(False, "--json", help="Print one JSON object instead of text.")
+
+
+def build_request(prompt: str, **options: Any):
+    """A GenerationRequest from CLI option values (names as in the signatures below)."""
+    from ..request import GenerationRequest
+
+    return GenerationRequest(
+        prompt=prompt, negative_prompt=options["negative"], count=options["count"], steps=options["steps"],
+        guidance=options["guidance"], scheduler=options["scheduler"], compute_units=options["compute_units"],
+        seed=options["seed"], run_id=options["run_id"], input_image=options["image"],
+        strength=options["strength"], safety=options["safety"], reduce_memory=options["reduce_memory"],
+        timeout_s=options["timeout"], engine=options["engine"], model=options["model"],
+    )
+
+
+def terminate_as_cancel() -> None:
+    """SIGTERM ends a generation the way Ctrl-C does: the engine and its children are killed first."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def print_result(result: dict[str, Any]) -> None:
+    images = result["images"]
+    seconds = result.get("timings", {}).get("total_s")
+    took = f", {seconds:.1f} s" if seconds is not None else ""
+    typer.echo(f"{len(images)} image(s) stored (seed {result['seed']}, run {result['runId']}{took}):")
+    for image in images:
+        where = image.get("path") or image["storageUri"]
+        note = "" if image.get("published", True) else "  [in the outbox, not published]"
+        typer.echo(f"  {where}  {image['width']}x{image['height']}{note}")
+        if image.get("path") and image["storageUri"].startswith("s3://"):
+            typer.echo(f"    {image['storageUri']}")
+    for warning in result.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="What to draw. Quote it; it may start with '-' after `--`."),
+    negative: str = NEGATIVE,
+    count: int = COUNT,
+    steps: int = STEPS,
+    guidance: float = GUIDANCE,
+    scheduler: str = SCHEDULER,
+    compute_units: Optional[str] = COMPUTE_UNITS,
+    seed: Optional[int] = SEED,
+    run_id: Optional[str] = RUN_ID,
+    image: Optional[Path] = IMAGE,
+    strength: Optional[float] = STRENGTH,
+    safety: bool = SAFETY,
+    reduce_memory: bool = REDUCE_MEMORY,
+    timeout: Optional[float] = TIMEOUT,
+    engine: Optional[str] = ENGINE,
+    model: Optional[str] = MODEL,
+    as_json: bool = JSON,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the resolved request and engine "
+                                                          "command; launch nothing."),
+) -> None:
+    """Generate images from a prompt and store them (local folder, or S3 when S3_BUCKET is set).
+
+    Example: kitty-coreml generate "studio photo of a matte black water bottle" --count 2 --steps 20
+    """
+    from ..errors import KittyError, PublishPending
+    from .common import load_settings, print_json
+
+    options = dict(negative=negative, count=count, steps=steps, guidance=guidance, scheduler=scheduler,
+                   compute_units=compute_units, seed=seed, run_id=run_id, image=image, strength=strength,
+                   safety=safety, reduce_memory=reduce_memory, timeout=timeout, engine=engine, model=model)
+    try:
+        settings = load_settings()
+        request = build_request(prompt, **options)
+        if dry_run:
+            from ..orchestrator import plan
+
+            print_json(plan(request, settings))
+            return
+        from ..orchestrator import generate as run
+        from ..progress import ProgressPrinter
+
+        terminate_as_cancel()
+        progress = ProgressPrinter(settings.progress)
+        try:
+            result = run(request, settings, on_progress=progress).to_dict()
+        finally:
+            progress.close()
+    except PublishPending as exc:
+        result = exc.details["result"]
+        print_json(result) if as_json else print_result(result)
+        raise
+    except KittyError as exc:
+        if as_json:
+            print_json({"error": exc.to_dict()})
+        raise
+    print_json(result) if as_json else print_result(result)
+    sys.stdout.flush()

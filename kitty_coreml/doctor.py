@@ -1,0 +1,103 @@
+"""The checks behind `kitty-coreml doctor`: each says what it found and, when something is missing,
+the command that fixes it. Nothing here changes anything."""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from .engines import coreml_unavailable_reason
+from .errors import KittyError
+from .models import Registry, model_from_folder
+from .resources import inspect_resources
+from .settings import Settings
+
+__all__ = ["diagnose"]
+
+
+def _check(name: str, ok: bool, detail: str, fix: str | None = None) -> dict[str, Any]:
+    return {"name": name, "ok": ok, "detail": detail, **({"fix": fix} if fix and not ok else {})}
+
+
+def _models(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    checks, usable = [], []
+    entries: list[tuple[str, Path]] = []
+    try:
+        registry = Registry(settings.registry_path).read()
+        entries += [(name, Path(entry["path"])) for name, entry in sorted(registry["models"].items())]
+    except KittyError as exc:
+        checks.append(_check("model registry", False, exc.one_line(), "run `kitty-coreml install`"))
+    if settings.resource_path is not None:
+        entries.append(("KITTY_COREML_RESOURCE_PATH", settings.resource_path))
+    for name, path in entries:
+        try:
+            model = model_from_folder(path, name)
+            missing = inspect_resources(path).missing if model.format == "coreml" else []
+        except KittyError as exc:
+            checks.append(_check(f"model {name}", False, exc.one_line(), f"kitty-coreml install --model {name}"))
+            continue
+        if missing:
+            checks.append(_check(f"model {name}", False, f"{path} is missing {', '.join(missing)}",
+                                 f"kitty-coreml install --model {name}"))
+            continue
+        checks.append(_check(f"model {name}", True, f"{model.format} {model.family} {model.width}x{model.height}"
+                             f"{' ' + model.attention if model.attention else ''} at {path}"))
+        usable.append(model.to_dict())
+    if not entries:
+        checks.append(_check("models", False, "no model installed",
+                             "kitty-coreml install (a Mac), or kitty-coreml models smoke (a tiny test model)"))
+    return checks, usable
+
+
+def diagnose(settings: Settings) -> dict[str, Any]:
+    from .engines.sample import find_sample_binary
+    from .storage.outbox import pending
+
+    checks = [_check("python", sys.version_info >= (3, 11), f"{platform.python_version()} at {sys.executable}",
+                     "install Python 3.11 or later")]
+    reason = coreml_unavailable_reason()
+    checks.append(_check("core ml", reason is None, reason or f"macOS {platform.mac_ver()[0]} on arm64",
+                         "generate here with the portable engine: kitty-coreml models smoke; "
+                         "kitty-coreml generate \"...\" --engine diffusers --model smoke"))
+    try:
+        binary = find_sample_binary(settings.sample_bin, settings.bin_dir)
+        checks.append(_check("StableDiffusionSample", True, str(binary)))
+    except KittyError as exc:
+        binary = None
+        checks.append(_check("StableDiffusionSample", False, exc.message, "kitty-coreml install"))
+    worker = settings.worker_bin or settings.bin_dir / "kitty-coreml-worker"
+    checks.append(_check("Core ML worker", worker.is_file(), str(worker) if worker.is_file() else f"{worker} not built",
+                         "kitty-coreml install (builds swift_bridge on a Mac)"))
+    diffusers = all(importlib.util.find_spec(name) for name in ("torch", "diffusers", "transformers"))
+    checks.append(_check("diffusers engine", diffusers,
+                         "torch, diffusers and transformers importable" if diffusers else "the [diffusers] extra is not installed",
+                         "pip install 'kitty-coreml[diffusers]' (install torch first)"))
+    model_checks, usable = _models(settings)
+    checks += model_checks
+    if settings.store == "s3":
+        configured = bool(settings.s3_access_key and settings.s3_secret_key)
+        checks.append(_check("store", configured, f"s3://{settings.s3_bucket}/{settings.prefix} at "
+                             f"{settings.s3_endpoint_url or 'AWS'}", "set S3_ACCESS_KEY and S3_SECRET_KEY"))
+    else:
+        checks.append(_check("store", True, f"local folder {settings.images_root / settings.prefix}"))
+    waiting = len(pending(settings.outbox_dir))
+    checks.append(_check("outbox", waiting == 0, f"{waiting} image(s) waiting to be published",
+                         "kitty-coreml publish --pending"))
+    ready = []
+    for model in usable:
+        if model["format"] == "coreml" and binary is not None and (reason is None or settings.sample_bin):
+            ready.append(f"sample engine with model {model['name']}")
+        if model["format"] == "diffusers" and diffusers:
+            ready.append(f"diffusers engine with model {model['name']}")
+    return {
+        "platform": {"system": platform.system(), "machine": platform.machine(), "python": platform.python_version()},
+        "coreml": {"available": reason is None, "reason": reason},
+        "home": str(settings.home),
+        "checks": checks,
+        "models": usable,
+        "ready": ready,
+        "ok": all(check["ok"] for check in checks),
+    }

@@ -1,0 +1,98 @@
+"""What every engine is: given one EngineJob it writes PNGs into the job's private folder, reports
+progress, and honours cancellation. The orchestrator checks what it wrote; engines do not publish."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..models import ModelInfo
+    from ..request import GenerationRequest
+
+__all__ = ["EngineJob", "ProgressEvent", "EngineImage", "EngineOutput", "CancelToken", "Engine", "ProgressCallback"]
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    request: GenerationRequest
+    seed: int
+    run_id: str
+    model: ModelInfo
+    compute_units: str
+    output_dir: Path
+    """A private, empty folder for this run; the engine writes only inside it."""
+    timeout_s: float = 900.0
+    """The engine kills the generation past this many seconds (EngineTimeout)."""
+    input_image: Path | None = None
+    """The starting image for img2img, already scaled and cropped to the model's native size."""
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """kind: loading | sampling | step | saved | waiting | info. step counts from 1 to total."""
+
+    kind: str
+    step: int | None = None
+    total: int | None = None
+    images: int | None = None
+    message: str | None = None
+    rate: float | None = None
+    """steps per second, when the engine says."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class EngineImage:
+    index: int
+    path: Path | None
+    """None when the safety checker removed the image."""
+
+
+@dataclass
+class EngineOutput:
+    engine: str
+    images: list[EngineImage]
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_rss_bytes: int | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+
+class CancelToken:
+    """Set from any thread (a signal handler, an HTTP cancel); engines poll or wait on it."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = "cancelled"
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self.reason = reason
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+
+class Engine(Protocol):
+    name: str
+
+    def describe(self, job: EngineJob) -> dict[str, Any]:
+        """What would run, for --dry-run: at least {"engine": name}; the sample engine adds "argv"."""
+
+    def generate(self, job: EngineJob, on_progress: ProgressCallback, cancel: CancelToken) -> EngineOutput:
+        """Write the job's images into job.output_dir. Raise a KittyError on any failure."""
+
+    def close(self) -> None:
+        """Release what the engine holds (a warm worker process). Safe to call twice."""

@@ -1,0 +1,348 @@
+"""generate(): validate -> model -> seed -> lock -> engine -> check PNGs -> metadata -> outbox -> publish.
+
+Every way in (CLI, Studio provider, HTTP service, queue worker) comes through here."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .engines import coreml_unavailable_reason, create_engine
+from .engines.base import CancelToken, Engine, EngineJob, EngineOutput, ProgressCallback, ProgressEvent
+from .errors import (Cancelled, InvalidRequest, KittyError, ModelError, OutputError, PlatformUnsupported,
+                     PublishPending, SafetyRemovedAll)
+from .models import MOCK_MODEL, ModelInfo, Registry, resolve_model
+from .request import GenerationRequest, GenerationResult, ImageResult
+from .resources import inspect_resources
+from .seeds import resolve_seed
+from .settings import Settings
+from .storage import Store, create_store, new_key
+
+__all__ = ["generate", "plan", "resolve", "choose_engine", "default_compute_units", "MachineLock", "fit_image"]
+
+
+class MachineLock:
+    """One generation at a time per machine, across processes: an flock on HOME/generate.lock.
+    A second caller is told who holds it and waits (cancellable)."""
+
+    def __init__(self, path: Path, *, on_wait: Callable[[str], None] | None = None,
+                 cancel: CancelToken | None = None):
+        self.path = path
+        self.on_wait = on_wait
+        self.cancel = cancel
+        self._fd: int | None = None
+
+    def __enter__(self) -> MachineLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not self._try(fd):
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+                if self.on_wait:
+                    self.on_wait(f"waiting for another generation (pid {holder}) to finish")
+                while not self._try(fd):
+                    if self.cancel is not None and self.cancel.wait(0.1):
+                        raise Cancelled(f"stopped while waiting for the machine lock: {self.cancel.reason}")
+                    if self.cancel is None:
+                        time.sleep(0.1)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _try(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+def default_compute_units(model: ModelInfo) -> str:
+    """Split-einsum models belong on the Neural Engine, original-attention ones on the GPU."""
+    if model.attention == "split_einsum":
+        return "cpuAndNeuralEngine"
+    if model.attention == "original":
+        return "cpuAndGPU"
+    return "all"
+
+
+def choose_engine(request: GenerationRequest, settings: Settings, model: ModelInfo, *,
+                  prefer_warm: bool = False) -> str:
+    """The engine a request runs on: the one it names, else KITTY_COREML_ENGINE, else by model format."""
+    wanted = request.engine or settings.engine
+    if wanted == "auto":
+        if model.format == "procedural":
+            return "mock"
+        if model.format == "diffusers":
+            return "diffusers"
+        if settings.sample_bin is None:
+            reason = coreml_unavailable_reason()
+            if reason:
+                raise PlatformUnsupported(
+                    f"model {model.name!r} is a Core ML model and {reason}",
+                    hint="here use the portable engine: `kitty-coreml models smoke`, then "
+                         "`--engine diffusers --model smoke`")
+        if prefer_warm and (settings.worker_bin or settings.bin_dir / "kitty-coreml-worker").is_file():
+            return "coreml-worker"
+        return "sample"
+    needs = {"sample": "coreml", "coreml-worker": "coreml", "diffusers": "diffusers"}.get(wanted)
+    if needs and model.format != needs:
+        raise ModelError(f"engine {wanted!r} needs a {needs} model; model {model.name!r} is {model.format}",
+                         hint="pick a matching --model or --engine")
+    return wanted
+
+
+def _model_for(request: GenerationRequest, settings: Settings) -> ModelInfo:
+    if request.model is None and (request.engine or settings.engine) == "mock":
+        return MOCK_MODEL
+    return resolve_model(request.model, registry=Registry(settings.registry_path),
+                         default_model=settings.model, default_resource_path=settings.resource_path)
+
+
+def _check(request: GenerationRequest, model: ModelInfo, compute_units: str) -> list[str]:
+    """Everything that would make the engine fail, found before it starts. Returns warnings."""
+    warnings: list[str] = []
+    if model.format == "coreml":
+        info = inspect_resources(model.path)
+        if info.missing:
+            raise ModelError(f"model {model.name!r} at {model.path} is incomplete: missing {', '.join(info.missing)}",
+                             hint=f"reinstall it: `kitty-coreml install --model {model.name}`")
+        if model.family in ("sdxl", "sd3") and sys.platform == "darwin":
+            release = tuple(int(p) for p in (platform.mac_ver()[0] or "0").split(".")[:1] if p.isdigit())
+            if release < (14,):
+                raise ModelError(f"model {model.name!r} is {model.family.upper()}, which needs macOS 14 or later "
+                                 f"(this Mac runs {platform.mac_ver()[0]}; older systems ignore --xl and crash)")
+        if model.attention == "original" and compute_units == "cpuAndNeuralEngine":
+            raise InvalidRequest("compute_units", compute_units,
+                                 "cpuAndGPU, cpuOnly or all for this original-attention model",
+                                 hint=f"model {model.name!r} uses original attention, which the Neural Engine "
+                                      "runs poorly or not at all; use --compute-units cpuAndGPU")
+        if request.safety and model.has_safety and (model.width, model.height) != (512, 512):
+            raise InvalidRequest("safety", True, f"off for a {model.width}x{model.height} model",
+                                 hint="the safety checker only handles 512x512; use --no-safety")
+    if request.input_image is not None and not model.has_encoder:
+        raise ModelError(f"model {model.name!r} has no VAEEncoder, so it cannot start from an image",
+                         hint="drop --image, or install a model with an encoder (sd21-palettized has one)")
+    if model.format != "procedural":
+        for name, native in (("width", model.width), ("height", model.height)):
+            value = getattr(request, name)
+            if value is not None and value != native:
+                raise InvalidRequest(name, value, f"{native} (model {model.name!r} makes only "
+                                                  f"{model.width}x{model.height}) or left out")
+    return warnings
+
+
+def resolve(request: GenerationRequest, settings: Settings, *, prefer_warm: bool = False,
+            engine_name: str | None = None) -> tuple[GenerationRequest, ModelInfo, str, str, list[str]]:
+    """(request with seed and run id filled in, model, engine name, compute units, warnings)."""
+    model = _model_for(request, settings)
+    name = engine_name or choose_engine(request, settings, model, prefer_warm=prefer_warm)
+    compute_units = request.compute_units or default_compute_units(model)
+    warnings = _check(request, model, compute_units)
+    seed, run_id = resolve_seed(request.prompt, request.seed, request.run_id)
+    resolved = replace(request, seed=seed, run_id=run_id, compute_units=compute_units,
+                       timeout_s=request.timeout_s or settings.timeout_s)
+    return resolved, model, name, compute_units, warnings
+
+
+def _job(request: GenerationRequest, model: ModelInfo, compute_units: str, run_dir: Path,
+         input_image: Path | None) -> EngineJob:
+    if model.format == "procedural" and request.width and request.height:
+        model = replace(model, width=request.width, height=request.height)
+    return EngineJob(request=request, seed=request.seed, run_id=request.run_id, model=model,
+                     compute_units=compute_units, output_dir=run_dir, timeout_s=request.timeout_s,
+                     input_image=input_image)
+
+
+def plan(request: GenerationRequest, settings: Settings) -> dict[str, Any]:
+    """What generate() would do, launching nothing (--dry-run)."""
+    resolved, model, name, compute_units, warnings = resolve(request, settings)
+    run_dir = settings.runs_dir / f"{resolved.run_id}-dryrun"
+    staged = run_dir / "input.png" if resolved.input_image else None
+    engine = create_engine(name, settings)
+    try:
+        described = engine.describe(_job(resolved, model, compute_units, run_dir, staged))
+    finally:
+        engine.close()
+    return {"seed": resolved.seed, "runId": resolved.run_id, "request": resolved.to_dict(),
+            "model": model.to_dict(), "computeUnits": compute_units, "store": settings.store,
+            "warnings": warnings, **described}
+
+
+def fit_image(source: Path, dest: Path, width: int, height: int) -> Path:
+    """Scale an image to cover width x height, centre-crop it, and save it as RGB PNG."""
+    from PIL import Image, ImageOps
+
+    with Image.open(source) as image:
+        fitted = ImageOps.fit(image.convert("RGB"), (width, height), method=Image.Resampling.LANCZOS)
+    fitted.save(dest, format="PNG")
+    return dest
+
+
+def _check_images(output: EngineOutput, count: int, width: int, height: int) -> tuple[list[tuple[int, bytes]], list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    kept: list[tuple[int, bytes]] = []
+    warnings: list[str] = []
+    removed = [image.index for image in output.images if image.path is None]
+    if len(output.images) != count:
+        raise OutputError(f"engine {output.engine} returned {len(output.images)} image(s); {count} were asked for")
+    for image in output.images:
+        if image.path is None:
+            continue
+        data = image.path.read_bytes()
+        try:
+            with Image.open(image.path) as decoded:
+                decoded.load()
+                size = decoded.size
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise OutputError(f"image {image.index} from {output.engine} does not decode: {exc}") from None
+        if size != (width, height):
+            raise OutputError(f"image {image.index} from {output.engine} is {size[0]}x{size[1]}; "
+                              f"the model makes {width}x{height}")
+        kept.append((image.index, data))
+    if removed and not kept:
+        raise SafetyRemovedAll(f"the safety checker removed all {count} image(s)",
+                               hint="change the prompt, or turn the checker off with --no-safety")
+    for index in removed:
+        warnings.append(f"image {index + 1} of {count} was removed by the safety checker")
+    return kept, warnings
+
+
+def _sidecar(request: GenerationRequest, model: ModelInfo, engine: str, index: int, key: str, width: int,
+             height: int, timings: dict[str, float], warnings: list[str]) -> dict[str, Any]:
+    return {
+        "key": key,
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "seed": request.seed,
+        "runId": request.run_id,
+        "index": index,
+        "count": request.count,
+        "width": width,
+        "height": height,
+        "steps": request.steps,
+        "cfg": request.guidance,
+        "scheduler": request.scheduler,
+        "computeUnits": request.compute_units,
+        "strength": request.effective_strength if request.input_image else None,
+        "model": model.name,
+        "family": model.family,
+        "engine": engine,
+        "created": datetime.now(timezone.utc).isoformat(),
+        "timings": timings,
+        "warnings": warnings,
+        "request": request.to_dict(),
+    }
+
+
+def generate(request: GenerationRequest, settings: Settings, *, engine: Engine | None = None,
+             store: Store | None = None, on_progress: ProgressCallback | None = None,
+             cancel: CancelToken | None = None) -> GenerationResult:
+    """Generate, check, store and publish. Raises a KittyError on any failure; PublishPending when the
+    images are safe in the outbox but could not be published (details["result"] holds the result)."""
+    from .pngmeta import METADATA_KEY, a1111_parameters, add_text_chunks
+    from .storage.outbox import publish_item, publish_items, stage
+
+    started = time.monotonic()
+    emit = on_progress or (lambda event: None)
+    cancel = cancel or CancelToken()
+    resolved, model, engine_name, compute_units, warnings = resolve(
+        request, settings, engine_name=engine.name if engine is not None else None)
+    store = store or create_store(settings)
+    own_engine = engine is None
+    engine = engine or create_engine(engine_name, settings)
+    run_dir = settings.runs_dir / f"{resolved.run_id}-{secrets.token_hex(3)}"
+    try:
+        run_dir.mkdir(parents=True)
+        with MachineLock(settings.lock_path, cancel=cancel,
+                         on_wait=lambda text: emit(ProgressEvent("waiting", message=text))):
+            lock_s = time.monotonic() - started
+            staged_input = None
+            if resolved.input_image is not None:
+                staged_input = fit_image(resolved.input_image, run_dir / "input.png", model.width, model.height)
+            job = _job(resolved, model, compute_units, run_dir, staged_input)
+            output = engine.generate(job, emit, cancel)
+        images, image_warnings = _check_images(output, resolved.count, job.model.width, job.model.height)
+        warnings += image_warnings
+        timings = {"lock_wait_s": round(lock_s, 4), **{k: round(v, 4) for k, v in output.timings.items()}}
+        items = []
+        for index, data in images:
+            key = new_key(settings.prefix)
+            sidecar = _sidecar(resolved, job.model, output.engine, index, key, job.model.width,
+                               job.model.height, timings, warnings)
+            texts = {
+                "parameters": a1111_parameters(
+                    prompt=resolved.prompt, negative_prompt=resolved.negative_prompt, steps=resolved.steps,
+                    scheduler=resolved.scheduler, guidance=resolved.guidance, seed=resolved.seed,
+                    width=job.model.width, height=job.model.height, model=model.name,
+                    extra={"Image index": index, "Run id": resolved.run_id, "Engine": output.engine}),
+                METADATA_KEY: _json(sidecar),
+            }
+            items.append((index, stage(settings.outbox_dir, key, add_text_chunks(data, texts), sidecar)))
+    except KittyError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write the run's files under {settings.home}: {exc.strerror or exc}",
+                          hint="check free disk space and permissions of KITTY_COREML_HOME") from None
+    finally:
+        if own_engine:
+            engine.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    # Everything generated is on disk in the outbox now; publishing can fail without losing it.
+    publish_started = time.monotonic()
+    report = publish_items(store, [item for _, item in items])
+    published = {stored.key: stored for stored in report["published"]}
+    failed = list(report["failed"])
+    for _, item in items:
+        if item.key in report["busy"]:  # a concurrent `publish --pending` took it: wait for its outcome
+            try:
+                published[item.key] = publish_item(store, item)
+            except KittyError as exc:
+                failed.append({"key": item.key, "error": exc.one_line()})
+    results = []
+    for index, item in items:
+        stored = published.get(item.key)
+        results.append(ImageResult(
+            index=index, key=item.key, width=job.model.width, height=job.model.height,
+            storage_uri=stored.storage_uri if stored else item.png.absolute().as_uri(),
+            path=str(stored.path) if stored and stored.path else (None if stored else str(item.png)),
+            published=stored is not None))
+    timings["publish_s"] = round(time.monotonic() - publish_started, 4)
+    timings["total_s"] = round(time.monotonic() - started, 4)
+    result = GenerationResult(seed=resolved.seed, run_id=resolved.run_id, model=model.name,
+                              engine=output.engine, images=results, warnings=warnings, timings=timings,
+                              request=resolved.to_dict())
+    if failed:
+        raise PublishPending(
+            f"{len(failed)} of {len(items)} image(s) could not be published and are kept in the outbox "
+            f"{settings.outbox_dir}: {failed[0]['error']}",
+            hint="run `kitty-coreml publish --pending` once the store is reachable",
+            details={"result": result.to_dict(), "failed": failed})
+    return result
+
+
+def _json(data: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)

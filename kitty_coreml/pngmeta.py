@@ -1,0 +1,107 @@
+"""Generation parameters into and out of PNG text chunks (CONTRACTS.md section 7).
+
+Chunks are spliced into the PNG byte stream after IHDR, so the image is never re-encoded: an
+AUTOMATIC1111-style `parameters` chunk that Civitai and A1111 read, and `kitty_coreml` with the
+whole record as JSON. Text that Latin-1 cannot hold goes into an iTXt (UTF-8) chunk."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from typing import Any
+
+__all__ = ["a1111_parameters", "add_text_chunks", "read_text_chunks", "read_metadata", "SAMPLER_NAMES",
+           "METADATA_KEY"]
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+METADATA_KEY = "kitty_coreml"
+SAMPLER_NAMES = {"pndm": "PNDM", "dpmpp": "DPM++ 2M"}
+
+
+def _a1111_value(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if ("," in text or ":" in text) else text
+
+
+def a1111_parameters(*, prompt: str, negative_prompt: str, steps: int, scheduler: str, guidance: float,
+                     seed: int, width: int, height: int, model: str, extra: dict[str, Any] | None = None) -> str:
+    fields = {
+        "Steps": steps,
+        "Sampler": SAMPLER_NAMES.get(scheduler, scheduler),
+        "CFG scale": f"{guidance:g}",
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model": model,
+        **(extra or {}),
+    }
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{key}: {_a1111_value(value)}" for key, value in fields.items()))
+    return "\n".join(lines)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _text_chunk(keyword: str, text: str) -> bytes:
+    key = keyword.encode("latin-1")
+    try:
+        return _chunk(b"tEXt", key + b"\0" + text.encode("latin-1"))
+    except UnicodeEncodeError:
+        # iTXt: keyword, NUL, compression flag 0, method 0, empty language tag and translated keyword.
+        return _chunk(b"iTXt", key + b"\0\0\0\0\0" + text.encode("utf-8"))
+
+
+def _chunks(png: bytes):
+    if not png.startswith(PNG_SIGNATURE):
+        raise ValueError("not a PNG")
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(png):
+        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        yield pos, kind, png[pos + 8:pos + 8 + length], pos + 12 + length
+        pos += 12 + length
+
+
+def add_text_chunks(png: bytes, texts: dict[str, str]) -> bytes:
+    """Insert text chunks right after IHDR; existing chunks with the same keywords are replaced."""
+    kept = []
+    insert_at = None
+    for start, kind, data, end in _chunks(png):
+        if kind in (b"tEXt", b"iTXt", b"zTXt") and data.split(b"\0", 1)[0].decode("latin-1") in texts:
+            continue
+        kept.append(png[start:end])
+        if kind == b"IHDR":
+            insert_at = len(kept)
+    if insert_at is None:
+        raise ValueError("PNG has no IHDR chunk")
+    kept[insert_at:insert_at] = [_text_chunk(key, value) for key, value in texts.items()]
+    return PNG_SIGNATURE + b"".join(kept)
+
+
+def read_text_chunks(png: bytes) -> dict[str, str]:
+    texts: dict[str, str] = {}
+    for _, kind, data, _ in _chunks(png):
+        if kind == b"tEXt":
+            key, _, value = data.partition(b"\0")
+            texts[key.decode("latin-1")] = value.decode("latin-1")
+        elif kind == b"zTXt":
+            key, _, rest = data.partition(b"\0")
+            texts[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
+        elif kind == b"iTXt":
+            key, _, rest = data.partition(b"\0")
+            compressed, rest = rest[0], rest[2:]
+            _language, _, rest = rest.partition(b"\0")
+            _translated, _, value = rest.partition(b"\0")
+            texts[key.decode("latin-1")] = (zlib.decompress(value) if compressed else value).decode("utf-8")
+        elif kind == b"IEND":
+            break
+    return texts
+
+
+def read_metadata(png: bytes) -> dict[str, Any] | None:
+    """The kitty_coreml JSON record of a PNG we wrote, or None."""
+    raw = read_text_chunks(png).get(METADATA_KEY)
+    return json.loads(raw) if raw else None
