@@ -1,0 +1,408 @@
+"""The portable warm worker: the worker protocol (docs/protocol.md) on torch + diffusers.
+
+    python -m kitty_coreml.engines.diffusers_worker
+
+Loads a diffusers-format Stable Diffusion folder (local files only: nothing downloads) and serves
+generations from it: pndm and dpmpp schedulers, seeds, negative prompts, several images, img2img
+through StableDiffusionImg2ImgPipeline sharing the loaded components. compute_units cpuOnly runs on
+the CPU; every other value on the best device there is (cuda, then mps, then cpu).
+
+A reader thread owns stdin: it answers hello, cancel and bad lines at once and hands the rest to the
+main thread, which runs one request at a time. Progress is reported from the pipeline's step
+callback, which is also where a cancel stops the run.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .protocol import (
+    MAX_LINE_BYTES,
+    PROTOCOL_VERSION,
+    REQUEST_TYPES,
+    ProtocolViolation,
+    decode,
+    encode,
+    error,
+    one_line,
+)
+
+__all__ = ["main"]
+
+COMPUTE_UNITS = ("all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine")
+SCHEDULERS = ("pndm", "dpmpp")
+FAMILIES = ("sd",)
+_END_OF_INPUT = {"type": "_eof", "id": "_eof"}
+
+
+class RequestFailed(Exception):
+    """Ends a request with an error reply of this code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class _StopRequested(Exception):
+    """Raised from the step callback to leave the pipeline after the current step."""
+
+
+class LineWriter:
+    """Protocol lines to the saved stdout, whole and flushed, from any thread."""
+
+    def __init__(self, stream: IO[bytes]):
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = encode(message)
+        with self._lock:
+            try:
+                self._stream.write(data)
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):  # the orchestrator is gone: nobody to answer
+                os._exit(0)
+
+
+@dataclass
+class _Job:
+    message: dict[str, Any]
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def _field(message: dict[str, Any], name: str, kinds: tuple[type, ...], *, default: Any = ...,
+           lo: float | None = None, hi: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    if name not in message or (message[name] is None and default is None):
+        if default is ...:
+            raise RequestFailed("bad_request", f"{name}: missing; required")
+        return default
+    value = message[name]
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        allowed = " or ".join(kind.__name__ for kind in kinds)
+        raise RequestFailed("bad_request", f"{name}: got {value!r}; allowed: {allowed}")
+    if choices is not None and value not in choices:
+        raise RequestFailed("bad_request", f"{name}: got {value!r}; allowed: {', '.join(choices)}")
+    if lo is not None and not lo <= value <= hi:
+        raise RequestFailed("bad_request", f"{name}: got {value!r}; allowed: {lo:g}..{hi:g}")
+    return value
+
+
+def _best_device(compute_units: str) -> str:
+    import torch
+
+    if compute_units == "cpuOnly":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@dataclass
+class _Loaded:
+    key: tuple
+    pipe: Any
+    img2img: Any
+    base_scheduler_config: Any
+    device: str
+    width: int
+    height: int
+    has_safety: bool
+    reply: dict[str, Any]
+
+
+class DiffusersWorker:
+    def __init__(self, writer: LineWriter, stdin: IO[bytes]):
+        self.writer = writer
+        self.stdin = stdin
+        self.jobs: queue.Queue[_Job] = queue.Queue()
+        self.lock = threading.Lock()
+        self.pending_generate: _Job | None = None
+        """The generate queued or running; other requests are refused as busy while it is set."""
+        self.loaded: _Loaded | None = None
+        self.lines_read = 0
+
+    # -- the stdin side -------------------------------------------------------------------------
+    def read_requests(self) -> None:
+        while True:
+            line = self.stdin.readline(MAX_LINE_BYTES + 1)
+            if not line:
+                break
+            self.lines_read += 1
+            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                while line and not line.endswith(b"\n"):  # drop the rest of the long line
+                    line = self.stdin.readline(MAX_LINE_BYTES)
+                self.writer.send(error(None, "malformed", f"line {self.lines_read} is longer than "
+                                                          f"{MAX_LINE_BYTES} bytes"))
+                continue
+            if not line.strip():
+                continue
+            try:
+                message = decode(line.strip())
+            except ProtocolViolation as exc:
+                self.writer.send(error(exc.message_id, exc.code, f"line {self.lines_read}: {exc}"))
+                continue
+            self.dispatch(message)
+        with self.lock:
+            if self.pending_generate is not None:
+                self.pending_generate.stop.set()
+        self.jobs.put(_Job(_END_OF_INPUT))
+
+    def dispatch(self, message: dict[str, Any]) -> None:
+        kind, message_id = message["type"], message["id"]
+        if kind not in REQUEST_TYPES:
+            self.writer.send(error(message_id, "unknown_type",
+                                   f"type: got {kind!r}; allowed: {', '.join(REQUEST_TYPES)}"))
+            return
+        if kind == "hello":
+            self.writer.send(self.hello(message))
+            return
+        with self.lock:
+            running = self.pending_generate
+            if kind == "cancel":
+                target = message.get("target")
+                active = running is not None and (target is None or target == running.message["id"])
+                if active:
+                    running.stop.set()
+                self.writer.send({"type": "ack", "id": message_id, "active": active})
+                return
+            if kind == "shutdown":
+                if running is not None:
+                    running.stop.set()
+            elif running is not None:
+                self.writer.send(error(message_id, "busy", f"generate {running.message['id']!r} is running; "
+                                                           "only cancel and hello are answered meanwhile"))
+                return
+            job = _Job(message)
+            if kind == "generate":
+                self.pending_generate = job
+        self.jobs.put(job)
+
+    # -- the requests ---------------------------------------------------------------------------
+    def hello(self, message: dict[str, Any]) -> dict[str, Any]:
+        version = message.get("protocol_version")
+        if version != PROTOCOL_VERSION:
+            return error(message["id"], "unsupported_version",
+                         f"protocol_version: got {version!r}; allowed: {PROTOCOL_VERSION}")
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as dist_version
+
+        import diffusers
+        import torch
+
+        try:
+            own = dist_version("kitty-coreml")
+        except PackageNotFoundError:  # a source checkout that was never installed
+            own = "source"
+        return {"type": "hello", "id": message["id"], "protocol_version": PROTOCOL_VERSION,
+                "engine": "diffusers",
+                "engine_version": f"kitty-coreml {own}; diffusers {diffusers.__version__}; torch {torch.__version__}",
+                "device": _best_device("all"), "families": list(FAMILIES), "sizes": ["native"],
+                "compute_units": list(COMPUTE_UNITS), "schedulers": list(SCHEDULERS),
+                "features": ["img2img", "cancel", "safety", "reduce_memory"], "pid": os.getpid()}
+
+    def load(self, message: dict[str, Any]) -> dict[str, Any]:
+        model_path = _field(message, "model_path", (str,))
+        compute_units = _field(message, "compute_units", (str,), choices=COMPUTE_UNITS)
+        family = _field(message, "family", (str,), default="sd", choices=("sd", "sdxl", "sd3"))
+        reduce_memory = _field(message, "reduce_memory", (bool,), default=False)
+        safety = _field(message, "safety", (bool,), default=False)
+        key = (model_path, compute_units, family, reduce_memory, safety)
+        if self.loaded is not None and self.loaded.key == key:
+            return {**self.loaded.reply, "id": message["id"], "seconds": 0.0}
+        self.unload()
+        if family not in FAMILIES:
+            raise RequestFailed("load_failed", f"family: got {family!r}; this worker loads: {', '.join(FAMILIES)}")
+        folder = Path(model_path)
+        if not folder.is_absolute():
+            raise RequestFailed("bad_request", f"model_path: got {model_path!r}; allowed: an absolute path")
+        if not (folder / "model_index.json").is_file():
+            raise RequestFailed("load_failed", f"{folder} is not a diffusers pipeline folder "
+                                               f"(no model_index.json there)")
+        started = time.monotonic()
+        try:
+            self.loaded = self._load_pipeline(folder, compute_units, family, reduce_memory, safety, key)
+        except RequestFailed:
+            raise
+        except Exception as exc:
+            raise RequestFailed("load_failed", f"cannot load {folder}: {type(exc).__name__}: {exc}") from exc
+        reply = {**self.loaded.reply, "id": message["id"], "seconds": round(time.monotonic() - started, 4)}
+        self.loaded.reply = reply
+        return reply
+
+    def _load_pipeline(self, folder: Path, compute_units: str, family: str, reduce_memory: bool,
+                       safety: bool, key: tuple) -> _Loaded:
+        import torch
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+        device = _best_device(compute_units)
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        options: dict[str, Any] = {"local_files_only": True, "torch_dtype": dtype}
+        if not safety:
+            options.update(safety_checker=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(str(folder), **options).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        if reduce_memory:
+            pipe.enable_attention_slicing()
+        img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
+        img2img.set_progress_bar_config(disable=True)
+        has_safety = safety and getattr(pipe, "safety_checker", None) is not None
+        width = height = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+        reply = {"type": "loaded", "id": "", "model_path": str(folder), "compute_units": compute_units,
+                 "device": device, "family": family, "width": width, "height": height,
+                 "has_encoder": getattr(pipe, "vae", None) is not None, "has_safety": has_safety,
+                 "seconds": 0.0}
+        return _Loaded(key=key, pipe=pipe, img2img=img2img, base_scheduler_config=pipe.scheduler.config,
+                       device=device, width=width, height=height, has_safety=has_safety, reply=reply)
+
+    def unload(self) -> None:
+        if self.loaded is None:
+            return
+        self.loaded = None
+        import gc
+
+        gc.collect()
+
+    def generate(self, job: _Job) -> dict[str, Any]:
+        message = job.message
+        prompt = _field(message, "prompt", (str,))
+        if not prompt.strip():
+            raise RequestFailed("bad_request", "prompt: got ''; allowed: non-empty text")
+        negative = _field(message, "negative_prompt", (str,), default="")
+        count = _field(message, "count", (int,), lo=1, hi=8)
+        steps = _field(message, "steps", (int,), lo=1, hi=150)
+        guidance = _field(message, "guidance", (int, float), lo=0, hi=30)
+        scheduler = _field(message, "scheduler", (str,), choices=SCHEDULERS)
+        seed = _field(message, "seed", (int,), lo=0, hi=2**32 - 1)
+        input_image = _field(message, "input_image", (str,), default=None)
+        strength = _field(message, "strength", (int, float), default=0.5, lo=0, hi=1)
+        output_dir = Path(_field(message, "output_dir", (str,)))
+        if not output_dir.is_absolute() or not output_dir.is_dir():
+            raise RequestFailed("bad_request", f"output_dir: got {str(output_dir)!r}; allowed: an existing "
+                                               "folder, as an absolute path")
+        if self.loaded is None:
+            raise RequestFailed("not_loaded", "no model is loaded; send load first")
+        loaded = self.loaded
+        starting = self._starting_image(input_image, loaded) if input_image is not None else None
+
+        import torch
+        from diffusers import DPMSolverMultistepScheduler, PNDMScheduler
+
+        scheduler_class = PNDMScheduler if scheduler == "pndm" else DPMSolverMultistepScheduler
+        pipe = loaded.pipe if starting is None else loaded.img2img
+        pipe.scheduler = scheduler_class.from_config(loaded.base_scheduler_config)
+        # one generator per image: image i of a request depends only on seed + i
+        generators = [torch.Generator(device="cpu").manual_seed(seed + index) for index in range(count)]
+
+        def on_step_end(pipeline: Any, step_index: int, timestep: Any, tensors: dict) -> dict:
+            self.writer.send({"type": "progress", "id": message["id"], "step": step_index + 1,
+                              "total": int(pipeline.num_timesteps)})
+            if job.stop.is_set():
+                raise _StopRequested
+            return tensors
+
+        if job.stop.is_set():
+            raise RequestFailed("cancelled", "cancelled before the first step")
+        started = time.monotonic()
+        arguments: dict[str, Any] = {
+            "prompt": prompt, "negative_prompt": negative or None, "num_images_per_prompt": count,
+            "num_inference_steps": steps, "guidance_scale": float(guidance), "generator": generators,
+            "callback_on_step_end": on_step_end, "output_type": "pil",
+        }
+        if starting is not None:
+            arguments.update(image=starting, strength=float(strength))
+        else:
+            arguments.update(width=loaded.width, height=loaded.height)
+        try:
+            with torch.inference_mode():
+                output = pipe(**arguments)
+        except _StopRequested:
+            raise RequestFailed("cancelled", "cancelled after step as asked") from None
+        except Exception as exc:
+            raise RequestFailed("generation_failed", f"{type(exc).__name__}: {exc}") from exc
+        flagged = getattr(output, "nsfw_content_detected", None) or [False] * count
+        paths: list[str | None] = []
+        for index, image in enumerate(output.images):
+            if flagged[index]:
+                paths.append(None)
+                continue
+            final = output_dir / f"image_{index}.png"
+            partial = output_dir / f".image_{index}.png.partial"
+            image.convert("RGB").save(partial, format="PNG")
+            os.replace(partial, final)
+            paths.append(str(final))
+        return {"type": "result", "id": message["id"], "images": paths, "seed": seed,
+                "width": loaded.width, "height": loaded.height,
+                "seconds": round(time.monotonic() - started, 4)}
+
+    @staticmethod
+    def _starting_image(path_text: str, loaded: _Loaded) -> Any:
+        if not loaded.reply["has_encoder"]:
+            raise RequestFailed("unsupported", "input_image: this model has no VAE encoder for img2img")
+        from PIL import Image
+
+        path = Path(path_text)
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise RequestFailed("bad_request", f"input_image: cannot read {path_text!r}: {exc}") from None
+        if image.size != (loaded.width, loaded.height):
+            image = image.resize((loaded.width, loaded.height), Image.Resampling.LANCZOS)
+        return image
+
+    # -- the main loop ---------------------------------------------------------------------------
+    def serve(self) -> int:
+        threading.Thread(target=self.read_requests, name="stdin-reader", daemon=True).start()
+        handlers: dict[str, Callable[[_Job], dict[str, Any]]] = {
+            "load": lambda job: self.load(job.message),
+            "generate": self.generate,
+            "unload": lambda job: (self.unload(), {"type": "unloaded", "id": job.message["id"]})[1],
+        }
+        while True:
+            job = self.jobs.get()
+            kind, message_id = job.message["type"], job.message["id"]
+            if job.message is _END_OF_INPUT:
+                return 0
+            if kind == "shutdown":
+                self.writer.send({"type": "bye", "id": message_id})
+                return 0
+            try:
+                reply = handlers[kind](job)
+            except RequestFailed as exc:
+                reply = error(message_id, exc.code, str(exc))
+            except Exception as exc:  # the worker outlives any one request
+                reply = error(message_id, "internal", f"{type(exc).__name__}: {one_line(exc)}")
+            finally:
+                with self.lock:
+                    if self.pending_generate is job:
+                        self.pending_generate = None
+            self.writer.send(reply)
+
+
+def main() -> int:
+    # fd 1 carries protocol lines only: keep a private copy of it and point fd 1 (and sys.stdout)
+    # at stderr, so whatever libraries print cannot corrupt the protocol
+    protocol_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    worker = DiffusersWorker(LineWriter(protocol_out), sys.stdin.buffer)
+    code = worker.serve()
+    sys.stderr.flush()
+    os._exit(code)  # skip interpreter teardown: the reader thread may be blocked on stdin
+
+
+if __name__ == "__main__":
+    main()

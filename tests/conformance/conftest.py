@@ -1,0 +1,50 @@
+"""The conformance suite runs against every worker there is here: the diffusers worker with the smoke
+model always; on a Mac with KITTY_COREML_LIVE=1 also the Swift worker (KITTY_COREML_WORKER_BIN) on the
+Core ML resource folder in KITTY_COREML_RESOURCE_PATH."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from harness import WorkerSession, WorkerTarget, smoke_model_path
+from kitty_coreml.settings import Settings
+
+
+def _targets() -> list[str]:
+    settings = Settings.from_env()
+    names = ["diffusers"]
+    if settings.live and settings.worker_bin is not None:
+        names.append("coreml")
+    return names
+
+
+@pytest.fixture(scope="session", params=_targets())
+def target(request, tmp_path_factory) -> WorkerTarget:
+    if request.param == "diffusers":
+        return WorkerTarget("diffusers", [sys.executable, "-m", "kitty_coreml.engines.diffusers_worker"],
+                            smoke_model_path(tmp_path_factory.getbasetemp()), "cpuOnly", steps=150)
+    settings = Settings.from_env()
+    if settings.resource_path is None:
+        pytest.fail("KITTY_COREML_LIVE=1 with a worker binary needs KITTY_COREML_RESOURCE_PATH (a Core ML model)")
+    return WorkerTarget("coreml", [str(settings.worker_bin)], settings.resource_path, "cpuAndGPU", steps=30)
+
+
+@pytest.fixture
+def session(target):
+    """A fresh worker, nothing loaded."""
+    worker = WorkerSession(target.argv)
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="module")
+def loaded(target):
+    """One worker with the target's model loaded, shared by the tests of a module."""
+    worker = WorkerSession(target.argv)
+    _, reply = worker.call({"type": "load", "model_path": str(target.model_path),
+                            "compute_units": target.compute_units}, timeout=600)
+    assert reply["type"] == "loaded", reply
+    yield worker
+    worker.close()
