@@ -1,0 +1,134 @@
+"""Running `systemsculpt-local-imagegen` as the Studio host does (cwd /, no stdin, the request in a file)
+against three backends: the fake StableDiffusionSample with fake bundles for every ratio, the mock
+backend, and (live, on a Mac) the real binary and models. Every run goes through host_rules."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kitty_coreml.studio import RATIO_SIZES, RatioEntry, write_manifest
+from tests.conftest import BIN_DIR, clean_env
+from tests.fakes import make_resources, write_fake_binary
+from tests.studio.host_rules import Outcome, check_outcome
+
+PROVIDER = str(BIN_DIR / "systemsculpt-local-imagegen")
+LIVE_FLAGS = ("SYSTEMSCULPT_LOCAL_IMAGEGEN_LIVE", "KITTY_COREML_LIVE")
+_counter = itertools.count()
+
+
+def live_skip_reason() -> str | None:
+    """None when the live suite can run here; otherwise why not."""
+    if not any(os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on") for flag in LIVE_FLAGS):
+        return "live Studio cases need SYSTEMSCULPT_LOCAL_IMAGEGEN_LIVE=1 or KITTY_COREML_LIVE=1"
+    if sys.platform != "darwin" or platform.machine() != "arm64":
+        return f"live Studio cases need macOS on Apple Silicon; this is {platform.system()} {platform.machine()}"
+    return None
+
+
+def request(prompt: str = "a red cube", **fields: Any) -> dict[str, Any]:
+    """A v1 request as the host writes it."""
+    body = {"schema": "studio.local-image-generation.request.v1", "prompt": prompt, "count": 1,
+            "aspectRatio": "1:1", "runId": "run_abc", "inputImages": [],
+            "localOptions": {"quality": "balanced", "referenceInfluence": "balanced"}}
+    body.update(fields)
+    return body
+
+
+def staged_image(path: Path) -> dict[str, Any]:
+    return {"hash": "sha256-test", "mimeType": "image/png", "sizeBytes": path.stat().st_size,
+            "stagedPath": str(path)}
+
+
+@dataclass
+class Provider:
+    """One backend's environment and a way to send it requests."""
+
+    name: str
+    env: dict[str, str]
+    workdir: Path
+    ratio_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """The ratios this backend can make and the size each has."""
+
+    def write_request(self, body: dict[str, Any] | str | bytes) -> Path:
+        path = self.workdir / f"request-{next(_counter)}.json"
+        data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
+        path.write_bytes(data)
+        return path
+
+    def command(self, body: dict[str, Any] | str | bytes) -> list[str]:
+        return [PROVIDER, "--request", str(self.write_request(body))]
+
+    def run(self, body: dict[str, Any] | str | bytes | None = None, *, args: list[str] | None = None,
+            extra_env: dict[str, str] | None = None, timeout: float = 120) -> Outcome:
+        argv = [PROVIDER, *args] if args is not None else self.command(body)
+        proc = subprocess.run(argv, cwd="/", stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              env={**self.env, **(extra_env or {})}, timeout=timeout)
+        return check_outcome(proc.returncode, proc.stdout, proc.stderr)
+
+    def start(self, body: dict[str, Any], *, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        return subprocess.Popen(self.command(body), cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**self.env, **(extra_env or {})})
+
+
+def fake_bundles(root: Path) -> dict[str, Path]:
+    """A fake Core ML bundle with a VAE encoder for each of the host's ratios."""
+    return {label: make_resources(root / label.replace(":", "x"), width=w, height=h, encoder=True)
+            for label, (w, h) in RATIO_SIZES.items()}
+
+
+def fake_provider(tmp: Path, bundles: dict[str, Path]) -> Provider:
+    """The coreml_diffusion backend on the fake binary, with a manifest mapping every ratio."""
+    (tmp / "bin").mkdir(exist_ok=True)
+    binary = write_fake_binary(tmp / "bin")
+    manifest = write_manifest(tmp / "studio-manifest.json",
+                              {label: RatioEntry(path, *RATIO_SIZES[label]) for label, path in bundles.items()})
+    env = clean_env(KITTY_COREML_HOME=str(tmp / "home"), SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN=str(binary),
+                    SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH=str(manifest.path),
+                    FAKE_SD_ARGV_LOG=str(tmp / "argv.jsonl"))
+    return Provider("fake", env, tmp, dict(RATIO_SIZES))
+
+
+def mock_provider(tmp: Path) -> Provider:
+    env = clean_env(KITTY_COREML_HOME=str(tmp / "home"), SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND="mock")
+    return Provider("mock", env, tmp, dict(RATIO_SIZES))
+
+
+def live_provider(tmp: Path) -> Provider:
+    """The user's own setup: their environment, binary, models and manifest."""
+    from kitty_coreml.models import model_from_folder
+    from kitty_coreml.settings import StudioSettings
+    from kitty_coreml.studio import read_manifest
+
+    studio = StudioSettings.from_env()
+    sizes: dict[str, tuple[int, int]] = {}
+    if studio.resource_path is not None:
+        model = model_from_folder(studio.resource_path)
+        sizes = {label: (model.width, model.height) for label, (w, h) in RATIO_SIZES.items()
+                 if w * model.height == h * model.width}
+    elif studio.manifest_path.is_file():
+        for label, entry in read_manifest(studio.manifest_path).ratios.items():
+            model = model_from_folder(entry.resource_path)
+            sizes[label] = (model.width, model.height)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_SD_")}
+    return Provider("live", env, tmp, sizes)
+
+
+def argv_log(provider: Provider) -> list[list[str]]:
+    """The argv of each fake binary run so far."""
+    path = Path(provider.env["FAKE_SD_ARGV_LOG"])
+    return [json.loads(line)["argv"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def option(argv: list[str], name: str) -> str | None:
+    """The value of `--name=value` in an argv, or None."""
+    prefix = f"--{name}="
+    values = [a[len(prefix):] for a in argv[: argv.index("--") if "--" in argv else len(argv)] if a.startswith(prefix)]
+    return values[-1] if values else None
