@@ -1,0 +1,77 @@
+"""`kitty-coreml install`: set up the binaries, the warm worker, models and command links."""
+
+from __future__ import annotations
+
+import typer
+
+from .app import app
+
+
+@app.command("install")
+def install(
+    model: list[str] = typer.Option(None, "--model", "-m", metavar="NAME",
+                                    help="Model to install (repeatable): a catalog name (see `kitty-coreml models "
+                                         "list`) or smoke. Default: sd21-palettized on a Mac, smoke elsewhere."),
+    verify: bool = typer.Option(False, "--verify", help="Check everything, change nothing; exit non-zero "
+                                                        "naming what is wrong."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (repos, revisions, files, sizes, "
+                                                          "commands) and do nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Clone and build Apple's StableDiffusionSample at the pinned commit, build the warm worker, download
+    pinned models (resumable, sha256-checked), register them, and link the commands. Every step is skipped
+    when it is already done and verified; Ctrl-C leaves a state the next run resumes. Progress goes to stderr.
+    On Linux it sets up the portable diffusers engine and the smoke model."""
+    from ..errors import InstallError
+    from ..install import runner
+    from ..install.progress import Reporter
+    from ..settings import StudioSettings
+    from .common import load_settings, print_json
+
+    if verify and dry_run:
+        raise InstallError("--verify and --dry-run: choose one")
+    settings = load_settings()
+    manifest_path = StudioSettings.from_env().manifest_path
+    plan = runner.build_plan(settings, model or None, manifest_path=manifest_path, strict=not dry_run)
+    if dry_run:
+        report = runner.dry_run(plan)
+    elif verify:
+        report = runner.verify_install(plan)
+    else:
+        reporter = Reporter(settings.progress)
+        report = runner.run_install(plan, reporter)
+    if as_json:
+        print_json(report)
+    else:
+        typer.echo(format_report(report))
+    if not report["ok"]:
+        problems = report["problems"]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InstallError(f"the installation is broken: {problems[0]}{more}",
+                           hint="run `kitty-coreml install` to repair it")
+
+
+_MARKS = {"done": "+", "skipped": "=", "not_applicable": "-", "ok": "ok", "broken": "!!", "would_run": ">",
+          "would_skip": "="}
+
+
+def format_report(report: dict) -> str:
+    lines = [f"kitty-coreml install ({report['action']}) on {report['host']['system']} "
+             f"{report['host']['machine']}: models {', '.join(report['models'])}"]
+    for step in report["steps"]:
+        mark = _MARKS.get(step["status"], "?")
+        detail = step.get("detail")
+        if step.get("problems"):
+            detail = "; ".join(step["problems"])
+        lines.append(f"  {mark:2} {step['title']}: {step['status'].replace('_', ' ')}"
+                     + (f" ({detail})" if detail else ""))
+        plan = step.get("plan") or {}
+        for argv in plan.get("commands", []):
+            lines.append(f"       $ {' '.join(argv)}")
+        if "repo" in plan and "file" in plan:
+            lines.append(f"       {plan['repo']}@{plan['revision']} {plan['file']} "
+                         f"({plan['size_bytes'] / 1e9:.2f} GB, sha256 {plan['sha256'] or 'from the hub'})")
+    if report["action"] == "verify":
+        lines.append("verified: everything is in place" if report["ok"] else
+                     f"broken: {len(report['problems'])} problem(s)")
+    return "\n".join(lines)
