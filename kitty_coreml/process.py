@@ -24,7 +24,7 @@ from .errors import Cancelled, EngineError, EngineTimeout
 __all__ = ["ProcessResult", "run_supervised", "describe_exit", "kill_tree", "die_with_parent"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_POLL_S = 0.05
+_POLL_S = 0.1
 _KILL_GRACE_S = 3.0
 
 
@@ -197,15 +197,13 @@ def run_supervised(
     err_reader = _LineReader(err_fd, None, tail_lines)
     out_reader.start()
     err_reader.start()
+    # A thread blocked in wait() wakes us the moment the child exits; Popen.wait(timeout) would poll.
+    exited = threading.Event()
+    threading.Thread(target=lambda: (proc.wait(), exited.set()), daemon=True).start()
     peak: int | None = None
     deadline = started + timeout_s
     try:
-        while True:
-            try:
-                proc.wait(timeout=_POLL_S)
-                break
-            except subprocess.TimeoutExpired:
-                pass
+        while not exited.wait(_POLL_S):
             rss = _tree_rss(proc.pid)
             if rss is not None:
                 peak = max(peak or 0, rss)
