@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from harness import WorkerSession, WorkerTarget, smoke_model_path
+from tests.conformance.harness import WorkerSession, WorkerTarget, smoke_model_path
 from kitty_coreml.settings import Settings
 
 
