@@ -403,6 +403,11 @@ def answer(request: StudioRequest, studio: StudioSettings, settings: Settings, *
     steps, guidance = QUALITY_PRESETS[request.quality]
     steps = studio.step_count if studio.step_count is not None else steps
     guidance = studio.guidance_scale if studio.guidance_scale is not None else guidance
+    if steps == 1 and studio.scheduler == "pndm":
+        # Apple's PNDM scheduler traps on a single step (Scheduler.swift force-unwraps a nil): use two.
+        steps = 2
+        warnings.append("1 step crashes the pndm scheduler; ran 2 steps (or set "
+                        "SYSTEMSCULPT_LOCAL_DIFFUSION_SCHEDULER=dpmpp)")
     strength = INFLUENCE_STRENGTH[request.reference_influence]
     seed = studio_seed(request.prompt, request.run_id)
     # The seed rule reads an empty run id as "local"; the run is recorded under that name too, so the
