@@ -46,8 +46,8 @@ def install(
         typer.echo(format_report(report))
     if not report["ok"]:
         problems = report["problems"]
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise InstallError(f"the installation is broken: {problems[0]}{more}",
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise InstallError(f"the installation is broken: {'; '.join(problems[:3])}{more}",
                            hint="run `kitty-coreml install` to repair it")
 
 

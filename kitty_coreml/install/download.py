@@ -23,7 +23,6 @@ __all__ = ["Remote", "resolve_remote", "fetch_archive", "check_free_space", "Che
 
 SIZE_TOLERANCE = 0.01
 """A catalog size without a known sha256 is rounded: the hub's size must lie within 1% of it."""
-_CHUNK = 1024 * 1024
 _NETWORK_HINT = "check the network (or HF_ENDPOINT) and run `kitty-coreml install` again; the download resumes"
 
 
@@ -145,8 +144,9 @@ def _download(remote: Remote, part: Path, have: int, reporter: Reporter) -> None
             else:
                 have, mode = 0, "wb"  # the server ignored the range: take the whole file
             with open(part, mode) as out, reporter.bar(label, remote.size, initial=have) as bar:
-                for chunk in response.iter_bytes(_CHUNK):
+                for chunk in response.iter_bytes():
                     out.write(chunk)
+                    out.flush()  # what arrived is on disk when Ctrl-C or a dropped connection ends the run
                     bar.update(len(chunk))
     except InstallError:
         raise

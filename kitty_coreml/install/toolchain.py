@@ -19,6 +19,7 @@ __all__ = ["ML_SD_COMMIT", "SAMPLE_PRODUCT", "WORKER_PRODUCT", "clone_dir", "swi
            "CloneStep", "SampleBuildStep", "WorkerBuildStep"]
 
 ML_SD_COMMIT = "e12202c1f6405b83918b58a5d097cd61e3e1f702"
+"""The pinned commit (settings.ml_sd_commit defaults to it)."""
 SAMPLE_PRODUCT = "StableDiffusionSample"
 WORKER_PRODUCT = "kitty-coreml-worker"
 _SWIFT_HINT = "install the Xcode command line tools (`xcode-select --install`) or Xcode 14.3+"
@@ -53,6 +54,7 @@ class CloneStep(Step):
     def __init__(self, settings: Settings):
         self.settings = settings
         self.path = clone_dir(settings)
+        self.commit = settings.ml_sd_commit
 
     def problems(self) -> list[str]:
         if not (self.path / ".git").exists():
@@ -61,8 +63,8 @@ class CloneStep(Step):
         if status != 0:
             return [f"{self.path} is not a readable git clone"]
         out = []
-        if head != ML_SD_COMMIT:
-            out.append(f"{self.path} is at {head[:12] or 'no commit'}, not the pinned {ML_SD_COMMIT[:12]}")
+        if head != self.commit:
+            out.append(f"{self.path} is at {head[:12] or 'no commit'}, not the pinned {self.commit[:12]}")
         changed = self._local_changes()
         if changed:
             out.append(f"{self.path} has local changes ({changed})")
@@ -76,11 +78,11 @@ class CloneStep(Step):
         url = self.settings.ml_sd_repo_url
         if (self.path / ".git").exists():
             commands = [["git", "-C", str(self.path), "fetch", url, "+refs/heads/*:refs/remotes/kitty/*"],
-                        ["git", "-C", str(self.path), "checkout", "--detach", ML_SD_COMMIT]]
+                        ["git", "-C", str(self.path), "checkout", "--detach", self.commit]]
         else:
             commands = [["git", "clone", "--no-checkout", url, str(self.path)],
-                        ["git", "-C", str(self.path), "checkout", "--detach", ML_SD_COMMIT]]
-        return {"repo": url, "commit": ML_SD_COMMIT, "path": str(self.path), "commands": commands}
+                        ["git", "-C", str(self.path), "checkout", "--detach", self.commit]]
+        return {"repo": url, "commit": self.commit, "path": str(self.path), "commands": commands}
 
     def run(self, reporter: Reporter) -> str:
         url = self.settings.ml_sd_repo_url
@@ -98,23 +100,23 @@ class CloneStep(Step):
             self._checkout(staging / "repo", url, reporter)
             os.replace(staging / "repo", self.path)
             remove_tree(staging)
-            return f"cloned {url} at {ML_SD_COMMIT[:12]}"
+            return f"cloned {url} at {self.commit[:12]}"
         changed = self._local_changes()
         if changed:
             raise InstallError(f"{self.path} has local changes ({changed})",
                                hint="commit or discard them, or delete the folder, then run again")
         self._checkout(self.path, url, reporter)
-        return f"moved {self.path} to {ML_SD_COMMIT[:12]}"
+        return f"moved {self.path} to {self.commit[:12]}"
 
     def _checkout(self, repo: Path, url: str, reporter: Reporter) -> None:
-        if _git(repo, "cat-file", "-e", f"{ML_SD_COMMIT}^{{commit}}")[0] != 0:
+        if _git(repo, "cat-file", "-e", f"{self.commit}^{{commit}}")[0] != 0:
             run_program(["git", "-C", str(repo), "fetch", "--progress", url, "+refs/heads/*:refs/remotes/kitty/*"],
                         label="git fetch", reporter=reporter, hint="check the network, then run again")
-            if _git(repo, "cat-file", "-e", f"{ML_SD_COMMIT}^{{commit}}")[0] != 0:
-                raise InstallError(f"the pinned commit {ML_SD_COMMIT} is not in {url}",
+            if _git(repo, "cat-file", "-e", f"{self.commit}^{{commit}}")[0] != 0:
+                raise InstallError(f"the pinned commit {self.commit} is not in {url}",
                                    hint="point KITTY_COREML_ML_SD_REPO at apple/ml-stable-diffusion or a full mirror")
         run_program(["git", "-C", str(repo), "-c", "advice.detachedHead=false", "checkout", "--detach", "-q",
-                     ML_SD_COMMIT], label="git checkout", reporter=reporter)
+                     self.commit], label="git checkout", reporter=reporter)
 
 
 class _BuildStep(Step):
@@ -206,7 +208,7 @@ class SampleBuildStep(_BuildStep):
         return ["swift", "build", "-c", "release", "--product", SAMPLE_PRODUCT]
 
     def source_id(self) -> str:
-        return f"ml-stable-diffusion@{ML_SD_COMMIT}"
+        return f"ml-stable-diffusion@{self.settings.ml_sd_commit}"
 
 
 class WorkerBuildStep(_BuildStep):
