@@ -265,6 +265,17 @@ class WorkerEngine:
                   cancel: CancelToken, deadline: float, *, doing: str) -> dict[str, Any]:
         """Send one request and wait for its final reply, relaying progress; enforce the deadline and
         the cancel grace; turn an error reply, an exit or a timeout into a KittyError."""
+        try:
+            return self._await_reply(worker, message, on_progress, cancel, deadline, doing)
+        except KittyError:
+            raise
+        except BaseException:
+            # Ctrl-C or a failing progress callback left the worker mid-request: it cannot be reused
+            self._discard(worker)
+            raise
+
+    def _await_reply(self, worker: _Worker, message: dict[str, Any], on_progress: ProgressCallback,
+                     cancel: CancelToken, deadline: float, doing: str) -> dict[str, Any]:
         message_id = f"r{next(self._ids)}"
         worker.send({"id": message_id, **message})
         cancel_sent_at: float | None = None

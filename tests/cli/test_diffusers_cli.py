@@ -1,0 +1,91 @@
+"""`generate` and `batch` through the real CLI on the diffusers worker and the smoke model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kitty_coreml.models import Registry, model_from_folder
+from tests.conformance.harness import smoke_model_path
+
+DIFFUSERS = ("--engine", "diffusers", "--model", "smoke", "--steps", "4")
+
+
+@pytest.fixture
+def smoke_env(env, home, tmp_path_factory):
+    """The session's smoke model registered in this test's home (building one per test costs seconds)."""
+    Registry(home / "models.json").register(model_from_folder(smoke_model_path(tmp_path_factory.getbasetemp()),
+                                                              "smoke"))
+    return env
+
+
+def _pixels(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB"))
+
+
+def test_generate_count_two_gives_two_pngs(kitty, smoke_env):
+    run = kitty("generate", "x", *DIFFUSERS, "--count", "2", "--json")
+    assert run.returncode == 0, run.stderr
+    result = run.json
+    assert result["engine"] == "diffusers" and result["model"] == "smoke"
+    images = [_pixels(image["path"]) for image in result["images"]]
+    assert [image.shape for image in images] == [(64, 64, 3), (64, 64, 3)]
+    assert not np.array_equal(images[0], images[1])
+
+
+def test_same_seed_same_pixels_other_seed_other_pixels(kitty, smoke_env):
+    runs = [kitty("generate", "a red cube", *DIFFUSERS, "--seed", seed, "--json") for seed in ("11", "11", "12")]
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    first, again, other = (_pixels(run.json["images"][0]["path"]) for run in runs)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_unknown_model_fails_loud_and_names_it(kitty, smoke_env):
+    run = kitty("generate", "x", "--engine", "diffusers", "--model", "no-such-model")
+    assert run.returncode == 3
+    assert run.stderr.count("\n") == 1
+    assert "unknown model 'no-such-model'" in run.stderr and "smoke" in run.stderr
+
+
+def test_batch_one_warm_worker_one_image_per_prompt(kitty, smoke_env, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n\n# a comment\n  a blue ball  \na green cone\n")
+    run = kitty("batch", str(prompts), *DIFFUSERS, "--json", extra_env={"KITTY_COREML_PROGRESS": "ndjson"})
+    assert run.returncode == 0, run.stderr
+    report = run.json
+    assert report["failed"] == 0
+    assert [item["prompt"] for item in report["items"]] == ["a red cube", "a blue ball", "a green cone"]
+    assert all(len(item["images"]) == 1 for item in report["items"])
+    assert len({item["runId"] for item in report["items"]}) == 3
+    for item in report["items"]:
+        assert _pixels(item["images"][0]["path"]).shape == (64, 64, 3)
+    events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    loading = [event.get("message", "") for event in events if event.get("kind") == "loading"]
+    assert sum(message.startswith("starting the diffusers worker") for message in loading) == 1
+    assert sum(message.startswith("loading smoke") for message in loading) == 1
+
+
+def test_batch_reports_a_failed_prompt_goes_on_and_exits_non_zero(kitty, smoke_env, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n" + "y" * 8000 + "\na blue ball\n")
+    run = kitty("batch", str(prompts), *DIFFUSERS, "--json")
+    assert run.returncode == 1
+    report = run.json
+    assert report["failed"] == 1
+    bad = report["items"][1]
+    assert set(bad) == {"prompt", "error"} and bad["error"]["code"] == "invalid_request"
+    assert [len(item.get("images", [])) for item in report["items"]] == [1, 0, 1]
+
+
+def test_batch_of_an_empty_file_fails_loud(kitty, smoke_env, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# only a comment\n\n")
+    run = kitty("batch", str(prompts), *DIFFUSERS)
+    assert run.returncode == 2
+    assert "prompts_file" in run.stderr and "at least one prompt line" in run.stderr
