@@ -137,6 +137,13 @@ def _check(request: GenerationRequest, model: ModelInfo, compute_units: str) -> 
                                  "cpuAndGPU, cpuOnly or all for this original-attention model",
                                  hint=f"model {model.name!r} uses original attention, which the Neural Engine "
                                       "runs poorly or not at all; use --compute-units cpuAndGPU")
+        if request.scheduler == "pndm" and request.steps < 2:
+            raise InvalidRequest("steps", request.steps, "2..150 with the pndm scheduler on Core ML",
+                                 hint="Apple's PNDM scheduler crashes on a single step; use 2 or more, or dpmpp")
+        if request.input_image is not None and int(request.steps * request.effective_strength) < 1:
+            raise InvalidRequest("strength", request.effective_strength,
+                                 f"at least {1 / request.steps:.3g} with {request.steps} steps",
+                                 hint="img2img runs steps x strength steps; Core ML crashes on zero")
         if request.safety and model.has_safety and (model.width, model.height) != (512, 512):
             raise InvalidRequest("safety", True, f"off for a {model.width}x{model.height} model",
                                  hint="the safety checker only handles 512x512; use --no-safety")
@@ -194,7 +201,8 @@ def fit_image(source: Path, dest: Path, width: int, height: int) -> Path:
     from PIL import Image, ImageOps
 
     with Image.open(source) as image:
-        fitted = ImageOps.fit(image.convert("RGB"), (width, height), method=Image.Resampling.LANCZOS)
+        upright = ImageOps.exif_transpose(image)  # a phone photo's EXIF rotation, applied
+        fitted = ImageOps.fit(upright.convert("RGB"), (width, height), method=Image.Resampling.LANCZOS)
     fitted.save(dest, format="PNG")
     return dest
 
@@ -278,10 +286,10 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
         with MachineLock(settings.lock_path, cancel=cancel,
                          on_wait=lambda text: emit(ProgressEvent("waiting", message=text))):
             lock_s = time.monotonic() - started
-            staged_input = None
+            job = _job(resolved, model, compute_units, run_dir, None)
             if resolved.input_image is not None:
-                staged_input = fit_image(resolved.input_image, run_dir / "input.png", model.width, model.height)
-            job = _job(resolved, model, compute_units, run_dir, staged_input)
+                job = replace(job, input_image=fit_image(resolved.input_image, run_dir / "input.png",
+                                                         job.model.width, job.model.height))
             output = engine.generate(job, emit, cancel)
         images, image_warnings = _check_images(output, resolved.count, job.model.width, job.model.height)
         warnings += image_warnings

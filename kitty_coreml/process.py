@@ -21,7 +21,7 @@ from pathlib import Path
 from .engines.base import CancelToken
 from .errors import Cancelled, EngineError, EngineTimeout
 
-__all__ = ["ProcessResult", "run_supervised", "describe_exit", "kill_tree", "die_with_parent"]
+__all__ = ["ProcessResult", "run_supervised", "describe_exit", "kill_tree", "die_with_parent", "Watchdog"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _POLL_S = 0.1
@@ -58,6 +58,45 @@ def die_with_parent() -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+_WATCHDOG_CODE = """
+import os, signal, sys
+if not sys.stdin.buffer.read(1):
+    try:
+        os.killpg(int(sys.argv[1]), signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class Watchdog:
+    """Kills a process group when this process dies, however it dies (SIGKILL included): a tiny
+    process reads a pipe only we write to; end-of-file without the all-clear byte means we are gone.
+    macOS has no PR_SET_PDEATHSIG, so this is how an engine there dies with its parent."""
+
+    def __init__(self, pgid: int):
+        read_fd, self._write_fd = os.pipe()  # non-inheritable: only we hold the write end
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-S", "-c", _WATCHDOG_CODE, str(pgid)], stdin=read_fd,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True)
+        finally:
+            os.close(read_fd)
+
+    def release(self) -> None:
+        """The group ended normally: the watchdog exits without killing anything."""
+        if self._write_fd is not None:
+            try:
+                os.write(self._write_fd, b"x")
+            finally:
+                os.close(self._write_fd)
+                self._write_fd = None
+            self._proc.wait()
+
+
+def needs_watchdog() -> bool:
+    return not sys.platform.startswith("linux")
 
 
 def kill_tree(pid: int, *, grace_s: float = _KILL_GRACE_S, popen: subprocess.Popen | None = None) -> None:
@@ -160,6 +199,7 @@ def run_supervised(
     use_pty: bool = True,
     tail_lines: int = 40,
     name: str | None = None,
+    watchdog: bool | None = None,
 ) -> ProcessResult:
     """Run argv to completion. Raises EngineTimeout past timeout_s and Cancelled on cancel or Ctrl-C
     (SIGINT/SIGTERM arriving as exceptions in this thread), after killing the whole process tree.
@@ -193,6 +233,7 @@ def run_supervised(
                           hint=f"check that {argv[0]} exists and is executable") from None
     os.close(stdout_target)
     os.close(err_write)
+    guard = Watchdog(proc.pid) if (needs_watchdog() if watchdog is None else watchdog) else None
     out_reader = _LineReader(out_fd, on_stdout_line, tail_lines)
     err_reader = _LineReader(err_fd, None, tail_lines)
     out_reader.start()
@@ -216,12 +257,16 @@ def run_supervised(
                                     hint="raise --timeout, or lower --steps/--count")
     except BaseException as exc:
         kill_tree(proc.pid, popen=proc)
+        if guard is not None:
+            guard.release()
         _finish_readers(out_reader, err_reader, out_fd, err_fd)
         if isinstance(exc, KeyboardInterrupt):
             raise Cancelled(f"{name} stopped: interrupted") from None
         raise
     # The engine is done; anything it left running in its group is an orphan to end now.
     _reap_group(proc.pid)
+    if guard is not None:
+        guard.release()
     _finish_readers(out_reader, err_reader, out_fd, err_fd)
     if out_reader.callback_error is not None:
         raise out_reader.callback_error
