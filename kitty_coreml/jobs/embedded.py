@@ -1,0 +1,260 @@
+"""The embedded queue (the default): jobs in SQLite under KITTY_COREML_HOME, run one at a time by a
+worker thread in the service process that keeps its engine warm between jobs.
+
+A job survives a restart: on start, jobs still queued stay queued, and the job that was running when
+the process died is queued again once (its attempt count says so); interrupted a second time, it fails
+with the reason. Finished jobs are kept for settings.job_retention_s, then forgotten.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..engines.base import CancelToken, ProgressEvent
+from ..errors import Cancelled, KittyError, QueueFull
+from .base import CANCELLED, DONE, ERROR, QUEUED, STARTED, STATES, new_job_id
+from .execute import WarmEngines, run_request
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["EmbeddedQueue", "MAX_ATTEMPTS"]
+
+MAX_ATTEMPTS = 2
+"""A job interrupted by a crash of the service runs again once; a second interruption fails it."""
+_PURGE_EVERY_S = 60.0
+_SHUTDOWN = "the service is shutting down"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT,
+    error_code TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
+"""
+
+
+def _iso(stamp: float | None) -> str | None:
+    from datetime import datetime, timezone
+
+    return None if stamp is None else datetime.fromtimestamp(stamp, timezone.utc).isoformat()
+
+
+class EmbeddedQueue:
+    kind = "embedded"
+
+    def __init__(self, settings: Settings, *, db_path: Path | None = None):
+        self.settings = settings
+        self.db_path = db_path or settings.home / "jobs.sqlite3"
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # committed rows survive a killed process
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._engines = WarmEngines(settings)
+        self._current: tuple[str, CancelToken] | None = None
+        self._progress: dict[str, dict[str, Any]] = {}
+        self.recovered = self._recover()
+
+    # ---- storage -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One transaction, serialised in this process by the lock and across processes by SQLite."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _recover(self) -> dict[str, int]:
+        """Settle the job a killed process left started: queue it again once, else fail it."""
+        with self._tx():
+            retried = self._db.execute(
+                "UPDATE jobs SET status=?, started=NULL WHERE status=? AND attempts<?",
+                (QUEUED, STARTED, MAX_ATTEMPTS)).rowcount
+            failed = self._db.execute(
+                "UPDATE jobs SET status=?, finished=?, error=?, error_code=? WHERE status=?",
+                (ERROR, time.time(), f"interrupted {MAX_ATTEMPTS} times by a stop of the service while running",
+                 "interrupted", STARTED)).rowcount
+        return {"requeued": retried, "failed": failed}
+
+    def _view(self, row: sqlite3.Row) -> dict[str, Any]:
+        view: dict[str, Any] = {"job_id": row["id"], "status": row["status"], "created_at": _iso(row["created"]),
+                                "started_at": _iso(row["started"]), "finished_at": _iso(row["finished"]),
+                                "attempts": row["attempts"]}
+        if row["status"] == QUEUED:
+            ahead = self._db.execute("SELECT COUNT(*) FROM jobs WHERE status=? AND seq<?",
+                                     (QUEUED, row["seq"])).fetchone()[0]
+            view["position"] = ahead + 1
+        elif row["status"] == STARTED:
+            view["position"] = 0
+            progress = self._progress.get(row["id"])
+            if progress:
+                view["progress"] = progress
+        if row["result"]:
+            view["result"] = json.loads(row["result"])
+        if row["error"]:
+            view["error"] = row["error"]
+            view["error_code"] = row["error_code"]
+        return view
+
+    def submit(self, request: dict[str, Any]) -> dict[str, Any]:
+        job_id = new_job_id()
+        with self._tx():
+            waiting = self._db.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (QUEUED,)).fetchone()[0]
+            if waiting >= self.settings.queue_max:
+                raise QueueFull(f"the queue already holds {waiting} job(s), its limit "
+                                "(KITTY_COREML_QUEUE_MAX)", hint="try again when some have finished")
+            self._db.execute("INSERT INTO jobs (id, status, request, created) VALUES (?, ?, ?, ?)",
+                             (job_id, QUEUED, json.dumps(request), time.time()))
+            view = self._view(self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+        self._wake.set()
+        return view
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            return self._view(row) if row else None
+
+    def cancel(self, job_id: str) -> dict[str, Any] | None:
+        with self._tx():
+            self._db.execute("UPDATE jobs SET status=?, finished=?, error=?, error_code=? WHERE id=? AND status=?",
+                             (CANCELLED, time.time(), "cancelled before it started", "cancelled", job_id, QUEUED))
+            current = self._current
+        if current is not None and current[0] == job_id:
+            current[1].cancel("cancelled through the API")
+        return self.get(job_id)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            counts = dict.fromkeys(STATES, 0)
+            for status, number in self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
+                counts[status] = number
+        return {"queue": self.kind, **counts, "max_queued": self.settings.queue_max,
+                "workers": 1 if self._thread and self._thread.is_alive() else 0,
+                "retention_s": self.settings.job_retention_s}
+
+    def counters(self) -> dict[str, float]:
+        with self._lock:
+            return {name: value for name, value in self._db.execute("SELECT name, value FROM counters")}
+
+    def _count(self, **increments: float) -> None:
+        for name, value in increments.items():
+            self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+                             "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, value))
+
+    def _claim(self) -> tuple[str, dict[str, Any]] | None:
+        with self._tx():
+            row = self._db.execute("SELECT id, request FROM jobs WHERE status=? ORDER BY seq LIMIT 1",
+                                   (QUEUED,)).fetchone()
+            if row is None:
+                return None
+            self._db.execute("UPDATE jobs SET status=?, started=?, attempts=attempts+1 WHERE id=?",
+                             (STARTED, time.time(), row["id"]))
+            token = CancelToken()
+            self._current = (row["id"], token)
+            return row["id"], json.loads(row["request"])
+
+    def _settle(self, job_id: str, status: str, *, result: dict | None = None, error: KittyError | None = None,
+                seconds: float | None = None, publish_failed: bool = False) -> None:
+        with self._tx():
+            self._db.execute("UPDATE jobs SET status=?, finished=?, result=?, error=?, error_code=? WHERE id=?",
+                             (status, time.time(), json.dumps(result) if result is not None else None,
+                              error.one_line() if error else None, error.code if error else None, job_id))
+            if seconds is not None:
+                self._count(generation_seconds_sum=seconds, generation_seconds_count=1)
+            self._count(**{f"jobs_{status}_total": 1}, publish_failures=1 if publish_failed else 0)
+            self._current = None
+            self._progress.pop(job_id, None)
+
+    def _requeue(self, job_id: str) -> None:
+        with self._tx():
+            self._db.execute("UPDATE jobs SET status=?, started=NULL, attempts=attempts-1 WHERE id=?",
+                             (QUEUED, job_id))
+            self._current = None
+            self._progress.pop(job_id, None)
+
+    def purge(self) -> int:
+        """Forget finished jobs older than the retention time."""
+        with self._tx():
+            return self._db.execute("DELETE FROM jobs WHERE status IN (?, ?, ?) AND finished<?",
+                                    (DONE, ERROR, CANCELLED, time.time() - self.settings.job_retention_s)).rowcount
+
+    # ---- the worker thread -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="kitty-coreml-jobs", daemon=True)
+            self._thread.start()
+
+    def _work(self) -> None:
+        last_purge = 0.0
+        while not self._stopping.is_set():
+            if time.monotonic() - last_purge > _PURGE_EVERY_S:
+                self.purge()
+                last_purge = time.monotonic()
+            claimed = self._claim()
+            if claimed is None:
+                self._wake.wait(_PURGE_EVERY_S)
+                self._wake.clear()
+                continue
+            self._run(*claimed)
+
+    def _run(self, job_id: str, request: dict[str, Any]) -> None:
+        token = self._current[1]  # set by _claim
+
+        def on_progress(event: ProgressEvent) -> None:
+            self._progress[job_id] = event.to_dict() | {"kind": event.kind}
+
+        try:
+            result, seconds, publish_failed = run_request(request, self.settings, self._engines,
+                                                          cancel=token, on_progress=on_progress)
+        except Cancelled as exc:
+            if self._stopping.is_set() and token.reason == _SHUTDOWN:
+                self._requeue(job_id)
+            else:
+                self._settle(job_id, CANCELLED, error=exc)
+        except KittyError as exc:
+            self._settle(job_id, ERROR, error=exc)
+        except Exception as exc:  # a bug must fail one job, not stop the queue
+            self._settle(job_id, ERROR, error=KittyError(f"internal error: {type(exc).__name__}: {exc}"))
+        else:
+            self._settle(job_id, DONE, result=result, seconds=seconds, publish_failed=publish_failed)
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        current = self._current
+        if current is not None:
+            current[1].cancel(_SHUTDOWN)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._engines.close()
+        with self._lock:
+            self._db.close()

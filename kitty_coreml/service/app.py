@@ -1,0 +1,261 @@
+"""The HTTP service: KITTY's images-service paths under /api/images, /healthz, /metrics, the OpenAPI
+docs (/docs) and the gallery page (/vision). Every request goes through the job queue, and every job
+through orchestrator.generate(). FastAPI is imported at the top: only `kitty-coreml serve` imports
+this module (through kitty_coreml.service.create_app), never `generate`."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import (FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response,
+                               StreamingResponse)
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import (ConfigError, InstallError, InvalidRequest, KittyError, ModelError, NotFound,
+                      PlatformUnsupported, QueueFull, ServiceError, StoreError)
+from .limits import BodyLimit
+from .metrics import CONTENT_TYPE, render_metrics
+from .schema import GenerateBody, request_from_body
+
+if TYPE_CHECKING:
+    from ..jobs import JobQueue
+    from ..settings import Settings
+
+__all__ = ["create_app", "http_status", "STATIC_DIR", "EVENT_POLL_S"]
+
+STATIC_DIR = Path(__file__).resolve().with_name("static")
+EVENT_POLL_S = 0.1
+"""How often an event stream looks at its job; each look is one SQLite or Redis read."""
+_HEARTBEAT_S = 15.0
+
+
+def http_status(exc: KittyError) -> int:
+    if isinstance(exc, (InvalidRequest, ModelError)):
+        return 422
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, QueueFull):
+        return 429
+    if isinstance(exc, (PlatformUnsupported, InstallError, ConfigError, ServiceError)):
+        return 503
+    if isinstance(exc, StoreError):
+        return 502
+    return 500
+
+
+def _error_response(exc: KittyError):
+    status = http_status(exc)
+    headers = {"Retry-After": "5"} if status == 429 else None
+    return JSONResponse({"detail": exc.one_line(), "error": exc.to_dict()}, status_code=status, headers=headers)
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> KittyError:
+    """FastAPI's own validation errors (a malformed JSON body, a bad query value) as one line."""
+    first = errors[0] if errors else {}
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    field = ".".join(location) or "body"
+    return InvalidRequest(field, first.get("input"), first.get("msg", "a valid value"))
+
+
+def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: str | None = None):
+    """The FastAPI application. The queue is made here (create_queue) unless given; it is started when
+    the app starts and closed when it stops."""
+    from ..jobs import FINAL_STATES, create_queue
+    from ..orchestrator import resolve
+    from ..storage import create_store
+    from ..storage.local import check_key
+
+    queue = queue or create_queue(settings, queue_url)
+    store = create_store(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        queue.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(queue.close)
+
+    app = FastAPI(title="kitty-coreml images service", version="1", lifespan=lifespan,
+                  description="KITTY's images-service API over local Core ML generation.")
+    app.state.queue = queue
+    app.state.settings = settings
+
+    @app.exception_handler(KittyError)
+    async def kitty_error(request: Request, exc: KittyError):
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return _error_response(_validation_message(list(exc.errors())))
+
+    key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                              description="Needed when the service runs with KITTY_COREML_API_KEY set.")
+
+    def require_key(given: str | None = Depends(key_header)) -> None:
+        if settings.api_key is None:
+            return
+        if not given:
+            raise HTTPException(401, "missing X-API-Key header", headers={"WWW-Authenticate": "X-API-Key"})
+        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+            raise HTTPException(403, "wrong X-API-Key")
+
+    api = APIRouter(prefix="/api/images", dependencies=[Depends(require_key)], tags=["images"])
+
+    def job_or_404(job: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
+        if job is None:
+            raise NotFound(f"no job {job_id!r} (unknown, or finished longer ago than the retention time)")
+        return job
+
+    @api.post("/generate", status_code=202, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": GenerateBody.model_json_schema()}}}})
+    async def submit(request: Request) -> dict[str, Any]:
+        """Queue a generation: {job_id, status: "queued", position}. 422 names a bad field; 429 when full."""
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError as exc:
+            raise InvalidRequest("body", "not JSON", f"a JSON object ({exc})") from None
+        parsed = request_from_body(body)
+        try:
+            resolved, *_ = await run_in_threadpool(resolve, parsed, settings, prefer_warm=True)
+            parsed = replace(parsed, seed=resolved.seed, run_id=resolved.run_id)
+        except (ModelError, PlatformUnsupported, InstallError, ConfigError):
+            if queue.kind != "redis":
+                raise
+            # The workers may hold models this machine does not; they check again.
+        job = await run_in_threadpool(queue.submit, parsed.to_dict())
+        return {"job_id": job["job_id"], "status": job["status"], "position": job.get("position"),
+                "seed": parsed.seed, "run_id": parsed.run_id}
+
+    @api.get("/jobs/{job_id}")
+    async def job_status(job_id: str) -> dict[str, Any]:
+        """{status: queued|started|done|error|cancelled, position, progress, result | error}."""
+        return job_or_404(await run_in_threadpool(queue.get, job_id), job_id)
+
+    @api.post("/jobs/{job_id}/cancel")
+    async def cancel_job(job_id: str) -> dict[str, Any]:
+        """Cancel a queued job, or stop a started one after its current step."""
+        return job_or_404(await run_in_threadpool(queue.cancel, job_id), job_id)
+
+    @api.get("/jobs/{job_id}/events", response_class=StreamingResponse)
+    async def job_events(job_id: str, request: Request):
+        """Server-sent events: `status` whenever the state or queue position changes, `progress` per
+        engine event, then one final `done`, `error` or `cancelled` event with the whole job."""
+        job_or_404(await run_in_threadpool(queue.get, job_id), job_id)
+
+        async def stream():
+            last_status, last_progress, quiet_s = None, None, 0.0
+            while True:
+                job = await run_in_threadpool(queue.get, job_id)
+                if job is None:
+                    yield _sse("error", {"job_id": job_id, "status": "error", "error": "the job disappeared"})
+                    return
+                if job["status"] in FINAL_STATES:
+                    yield _sse(job["status"], job)
+                    return
+                status = (job["status"], job.get("position"))
+                if status != last_status:
+                    last_status, quiet_s = status, 0.0
+                    yield _sse("status", {k: v for k, v in job.items() if k != "progress"})
+                if job.get("progress") and job["progress"] != last_progress:
+                    last_progress, quiet_s = job["progress"], 0.0
+                    yield _sse("progress", job["progress"])
+                if quiet_s >= _HEARTBEAT_S:
+                    quiet_s = 0.0
+                    yield ": keep-alive\n\n"
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(EVENT_POLL_S)
+                quiet_s += EVENT_POLL_S
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @api.get("/latest")
+    async def latest(limit: int = Query(36, ge=1, le=1000)) -> dict[str, Any]:
+        """{items: [{key, size, last_modified}]}: PNGs only, newest first."""
+        return {"items": await run_in_threadpool(store.list, limit)}
+
+    @api.get("/gallery")
+    async def gallery(limit: int = Query(36, ge=1, le=200)) -> dict[str, Any]:
+        """The newest images with what their sidecars say: prompt, seed, model, time, size."""
+
+        def collect() -> list[dict[str, Any]]:
+            from concurrent.futures import ThreadPoolExecutor
+
+            items = store.list(limit)
+            with ThreadPoolExecutor(8) as pool:
+                sidecars = list(pool.map(lambda item: store.read_sidecar(item["key"]) or {}, items))
+            fields = ("prompt", "negative_prompt", "seed", "model", "created", "width", "height", "steps", "cfg")
+            return [{**item, **{name: sidecar.get(name) for name in fields}} for item, sidecar in zip(items, sidecars)]
+
+        return {"items": await run_in_threadpool(collect)}
+
+    @api.get("/file/{key:path}", response_class=FileResponse)
+    async def image_file(key: str):
+        """The PNG of a key: the file of the local store, or a redirect to S3's presigned URL."""
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        check_key(key, settings.prefix)
+        url = (await run_in_threadpool(store.select, key))["imageRef"]["downloadUrl"]
+        if url.startswith("file:"):
+            return FileResponse(url2pathname(urlparse(url).path), media_type="image/png",
+                                headers={"Cache-Control": "private, max-age=86400"})
+        return RedirectResponse(url, status_code=307)
+
+    @api.post("/select", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}}}}}})
+    async def select(request: Request) -> dict[str, Any]:
+        """{imageRef: {downloadUrl, storageUri}} for a key inside the prefix."""
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError as exc:
+            raise InvalidRequest("body", "not JSON", f"a JSON object ({exc})") from None
+        if not isinstance(body, dict) or "key" not in body:
+            raise InvalidRequest("key", None, f"a PNG key inside the prefix {settings.prefix!r}")
+        return await run_in_threadpool(store.select, check_key(body["key"], settings.prefix))
+
+    @api.get("/stats")
+    async def stats() -> dict[str, Any]:
+        """Queue figures: jobs by state, the queue bound, workers."""
+        return await run_in_threadpool(queue.stats)
+
+    app.include_router(api)
+
+    @app.get("/healthz", tags=["service"])
+    async def healthz() -> dict[str, Any]:
+        figures = await run_in_threadpool(queue.stats)
+        return {"status": "ok", "queue": queue.kind, "workers": figures.get("workers", 0)}
+
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    async def metrics():
+        figures = await run_in_threadpool(queue.stats)
+        counters = await run_in_threadpool(queue.counters)
+        return Response(render_metrics(figures, counters), media_type=CONTENT_TYPE)
+
+    @app.get("/vision", tags=["gallery"], response_class=HTMLResponse)
+    async def vision():
+        return FileResponse(STATIC_DIR / "vision.html", media_type="text/html")
+
+    @app.get("/", include_in_schema=False)
+    async def root():
+        return RedirectResponse("/vision")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(BodyLimit)
+    return app
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"

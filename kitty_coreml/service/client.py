@@ -1,0 +1,129 @@
+"""A small client of the images service, on the standard library only, so `kitty-coreml generate
+--server URL` stays light: submit a request, follow its job over server-sent events, fetch its status."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import Cancelled, InvalidRequest, KittyError, QueueFull, ServiceError
+
+__all__ = ["ServiceClient", "JobFailed", "RequestRefused"]
+
+
+class JobFailed(KittyError):
+    """The service ran the job and it failed; the message is the service's one-line error."""
+
+    code = "job_failed"
+    exit_code = 5
+
+
+class RequestRefused(KittyError):
+    """The service found a value not allowed (422); the message is its "field: got ...; allowed: ..."."""
+
+    code = "invalid_request"
+    exit_code = 2
+
+
+class ServiceClient:
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 30.0):
+        if not base_url.startswith(("http://", "https://")):
+            raise InvalidRequest("server", base_url, "an http:// or https:// URL like http://127.0.0.1:8089")
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+
+    def _open(self, method: str, path: str, body: Any = None, *, timeout: float | None = None):
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.api_key:
+            headers["X-API-Key"] = self.api_key
+        request = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
+        try:
+            return urllib.request.urlopen(request, timeout=timeout or self.timeout_s)
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc, self.base_url) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServiceError(f"cannot reach the images service at {self.base_url}: {reason}",
+                               hint="start it with `kitty-coreml serve`, or check --server") from None
+
+    def _json(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        with self._open(method, path, body) as response:
+            return json.loads(response.read())
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /api/images/generate: {job_id, status: "queued", position, seed, run_id}."""
+        return self._json("POST", "/api/images/generate", body)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/api/images/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/api/images/jobs/{job_id}/cancel")
+
+    def events(self, job_id: str) -> Iterator[tuple[str, Any]]:
+        """(event, data) pairs of the job's event stream, until its final event."""
+        with self._open("GET", f"/api/images/jobs/{job_id}/events", timeout=3600) as response:
+            event, data = "message", []
+            for raw in response:
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if not line:
+                    if data:
+                        yield event, json.loads("\n".join(data))
+                    event, data = "message", []
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].lstrip())
+
+    def wait(self, job_id: str, on_progress: Callable[[dict[str, Any]], None] | None = None,
+             on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Follow a job to its end: the result of a done job; JobFailed or Cancelled otherwise. Ctrl-C
+        cancels the job on the service before it is passed on."""
+        try:
+            for event, data in self.events(job_id):
+                if event == "progress" and on_progress:
+                    on_progress(data)
+                elif event == "status" and on_status:
+                    on_status(data)
+                elif event in ("done", "error", "cancelled"):
+                    return _outcome(data)
+        except KeyboardInterrupt:
+            self.cancel(job_id)
+            raise
+        return _outcome(self.job(job_id))  # the stream ended early (a proxy cut it): ask once more
+
+
+def _outcome(job: dict[str, Any]) -> dict[str, Any]:
+    if job["status"] == "done":
+        return job["result"]
+    if job["status"] == "cancelled":
+        raise Cancelled(f"job {job['job_id']} was cancelled: {job.get('error') or 'cancelled'}")
+    if job["status"] == "error":
+        raise JobFailed(f"job {job['job_id']} failed: {job.get('error')}")
+    raise ServiceError(f"job {job['job_id']} is still {job['status']} but its event stream ended")
+
+
+def _http_error(exc: urllib.error.HTTPError, base_url: str) -> KittyError:
+    try:
+        payload = json.loads(exc.read() or b"{}")
+    except ValueError:
+        payload = {}
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    message = detail if isinstance(detail, str) else exc.reason
+    if exc.code == 422:
+        return RequestRefused(message, details=error.get("details") if isinstance(error, dict) else None)
+    if exc.code == 429:
+        return QueueFull(f"the images service at {base_url} is full: {message}", hint="try again shortly")
+    if exc.code in (401, 403):
+        return ServiceError(f"the images service at {base_url} refused the API key ({exc.code}: {message})",
+                            hint="set KITTY_COREML_API_KEY to the service's key")
+    return ServiceError(f"the images service at {base_url} answered {exc.code}: {message}")
