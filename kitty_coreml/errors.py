@@ -19,6 +19,8 @@ __all__ = [
     "PublishPending",
     "NotFound",
     "InstallError",
+    "ServiceError",
+    "QueueFull",
 ]
 
 
@@ -134,3 +136,16 @@ class NotFound(KittyError):
 class InstallError(KittyError):
     code = "install"
     exit_code = 10
+
+
+class ServiceError(KittyError):
+    """The images service cannot be reached, or refused a request."""
+
+    code = "service"
+    exit_code = 11
+
+
+class QueueFull(ServiceError):
+    """The job queue holds as many jobs as it may; try again later (HTTP 429)."""
+
+    code = "queue_full"

@@ -122,6 +122,10 @@ class Settings(BaseModel):
     catalog_path: Path | None = None
     """KITTY_COREML_CATALOG: a JSON file of extra installable models (your own converted models or a mirror),
     a list of objects with CatalogEntry's fields; an entry named like a built-in one replaces it."""
+    queue_max: int = 100
+    """KITTY_COREML_QUEUE_MAX: most jobs waiting in the service's queue; a submission beyond it gets 429."""
+    job_retention_s: float = 86400.0
+    """KITTY_COREML_JOB_RETENTION_S: how long a finished job's status and result stay answerable, seconds."""
     install_coreml: Literal["auto", "yes", "no"] = "auto"
     """KITTY_COREML_INSTALL_COREML: auto (the Core ML steps run on macOS 13.1+ on Apple Silicon), yes (run them
     anywhere, e.g. to prepare a folder for a Mac), no (skip them)."""
@@ -211,6 +215,8 @@ class Settings(BaseModel):
 
 
 STUDIO_BACKENDS = {"coreml_diffusion": "coreml_diffusion", "coreml": "coreml_diffusion",
+            queue_max=int(_number("KITTY_COREML_QUEUE_MAX", get("KITTY_COREML_QUEUE_MAX"), 100, 1)),
+            job_retention_s=_number("KITTY_COREML_JOB_RETENTION_S", get("KITTY_COREML_JOB_RETENTION_S"), 86400.0, 1),
                    "mock": "mock", "procedural": "mock"}
 STUDIO_OUTPUTS = ("path", "base64")
 
