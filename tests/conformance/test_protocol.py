@@ -186,3 +186,15 @@ def test_end_of_input_exits_zero(session):
     assert session.call({"type": "hello", "protocol_version": 1})[1]["type"] == "hello"
     session.proc.stdin.close()
     assert session.proc.wait(timeout=30) == 0
+
+
+def test_shutdown_during_a_generate_cancels_it_then_says_bye(session, target, tmp_path):
+    assert session.call({"type": "load", "model_path": str(target.model_path),
+                         "compute_units": target.compute_units}, timeout=600)[1]["type"] == "loaded"
+    generate_id = session.send(_generate(target, tmp_path / "out", count=4, steps=target.steps))
+    assert session.next(timeout=600)["id"] == generate_id
+    shutdown_id = session.send({"type": "shutdown"})
+    replies = _finals(session, {generate_id, shutdown_id})
+    assert replies[generate_id]["code"] == "cancelled"
+    assert replies[shutdown_id]["type"] == "bye"
+    assert session.proc.wait(timeout=30) == 0
