@@ -56,6 +56,17 @@ def _number(name: str, raw: str | None, default: float, minimum: float) -> float
     return value
 
 
+def _commit(raw: str | None) -> str:
+    pinned = "e12202c1f6405b83918b58a5d097cd61e3e1f702"
+    if raw is None or raw.strip() == "":
+        return pinned
+    value = raw.strip().lower()
+    if len(value) != 40 or any(c not in "0123456789abcdef" for c in value):
+        raise ConfigError(f"KITTY_COREML_ML_SD_COMMIT: got {raw!r}; allowed: a full 40-hex-digit commit "
+                          f"(default {pinned})")
+    return value
+
+
 def _path(raw: str | None) -> Path | None:
     if raw is None or raw.strip() == "":
         return None
@@ -111,21 +122,24 @@ class Settings(BaseModel):
     """REDIS_URL: use the distributed (RQ) queue."""
     service_port: int = 8089
     """SERVICE_PORT."""
+    queue_max: int = 100
+    """KITTY_COREML_QUEUE_MAX: most jobs waiting in the service's queue; a submission beyond it gets 429."""
+    job_retention_s: float = 86400.0
+    """KITTY_COREML_JOB_RETENTION_S: how long a finished job's status and result stay answerable, seconds."""
     live: bool = False
     """KITTY_COREML_LIVE or SYSTEMSCULPT_LOCAL_IMAGEGEN_LIVE: run the live suites on a Mac."""
     ml_sd_repo_url: str = "https://github.com/apple/ml-stable-diffusion.git"
     """KITTY_COREML_ML_SD_REPO: where `kitty-coreml install` clones ml-stable-diffusion from (a mirror or a
     local path); the pinned commit is checked out whatever the source."""
+    ml_sd_commit: str = "e12202c1f6405b83918b58a5d097cd61e3e1f702"
+    """KITTY_COREML_ML_SD_COMMIT: the ml-stable-diffusion commit built (40 hex digits); change it only on
+    purpose (a newer commit under test, or a test repository)."""
     source_dir: Path | None = None
     """KITTY_COREML_SOURCE_DIR: the kitty-coreml clone whose swift_bridge/ is built; default: the folder the
     package was installed from when it holds swift_bridge/ (installers/install.sh sets it)."""
     catalog_path: Path | None = None
     """KITTY_COREML_CATALOG: a JSON file of extra installable models (your own converted models or a mirror),
     a list of objects with CatalogEntry's fields; an entry named like a built-in one replaces it."""
-    queue_max: int = 100
-    """KITTY_COREML_QUEUE_MAX: most jobs waiting in the service's queue; a submission beyond it gets 429."""
-    job_retention_s: float = 86400.0
-    """KITTY_COREML_JOB_RETENTION_S: how long a finished job's status and result stay answerable, seconds."""
     install_coreml: Literal["auto", "yes", "no"] = "auto"
     """KITTY_COREML_INSTALL_COREML: auto (the Core ML steps run on macOS 13.1+ on Apple Silicon), yes (run them
     anywhere, e.g. to prepare a folder for a Mac), no (skip them)."""
@@ -201,10 +215,13 @@ class Settings(BaseModel):
             api_key=get("KITTY_COREML_API_KEY") or None,
             redis_url=(get("REDIS_URL") or "").strip() or None,
             service_port=int(port),
+            queue_max=int(_number("KITTY_COREML_QUEUE_MAX", get("KITTY_COREML_QUEUE_MAX"), 100, 1)),
+            job_retention_s=_number("KITTY_COREML_JOB_RETENTION_S", get("KITTY_COREML_JOB_RETENTION_S"), 86400.0, 1),
             live=parse_bool("KITTY_COREML_LIVE", get("KITTY_COREML_LIVE"), False)
             or parse_bool("SYSTEMSCULPT_LOCAL_IMAGEGEN_LIVE", get("SYSTEMSCULPT_LOCAL_IMAGEGEN_LIVE"), False),
             ml_sd_repo_url=(get("KITTY_COREML_ML_SD_REPO") or "").strip()
             or "https://github.com/apple/ml-stable-diffusion.git",
+            ml_sd_commit=_commit(get("KITTY_COREML_ML_SD_COMMIT")),
             source_dir=_path(get("KITTY_COREML_SOURCE_DIR")),
             catalog_path=_path(get("KITTY_COREML_CATALOG")),
             install_coreml=_choice("KITTY_COREML_INSTALL_COREML", get("KITTY_COREML_INSTALL_COREML"),
@@ -215,8 +232,6 @@ class Settings(BaseModel):
 
 
 STUDIO_BACKENDS = {"coreml_diffusion": "coreml_diffusion", "coreml": "coreml_diffusion",
-            queue_max=int(_number("KITTY_COREML_QUEUE_MAX", get("KITTY_COREML_QUEUE_MAX"), 100, 1)),
-            job_retention_s=_number("KITTY_COREML_JOB_RETENTION_S", get("KITTY_COREML_JOB_RETENTION_S"), 86400.0, 1),
                    "mock": "mock", "procedural": "mock"}
 STUDIO_OUTPUTS = ("path", "base64")
 
