@@ -1,10 +1,12 @@
-"""The commands linked where a shell finds them: settings.bin_dir/NAME -> this environment's console
-script, and LINK_DIR/NAME -> settings.bin_dir/NAME. A wrong or dangling link is fixed; a real file is
-never overwritten."""
+"""The commands where a shell finds them: settings.bin_dir/NAME is a small launcher that runs this
+environment's console script with KITTY_COREML_HOME set to the install's home (so PREFIX/bin/kitty-coreml
+works with no variable set), and LINK_DIR/NAME links to it. A wrong or dangling link is fixed; a real
+file that is not one of our launchers is never overwritten."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 from ..errors import InstallError
 from ..settings import Settings
 from .progress import Reporter
-from .step import Step
+from .step import Step, read_json, write_json
 
 __all__ = ["LinkStep", "COMMANDS", "choose_link_dir"]
 
@@ -21,10 +23,13 @@ _PREFERRED = (Path.home() / ".local" / "bin", Path("/opt/homebrew/bin"), Path("/
 
 
 def choose_link_dir(settings: Settings) -> Path | None:
-    """KITTY_COREML_LINK_DIR (`none`: no links); else the first writable of ~/.local/bin,
-    /opt/homebrew/bin, /usr/local/bin on PATH; else ~/.local/bin."""
+    """KITTY_COREML_LINK_DIR (`none`: no links); else the folder the last install used; else the first
+    writable of ~/.local/bin, /opt/homebrew/bin, /usr/local/bin on PATH; else ~/.local/bin."""
     if settings.link_dir is not None:
         return None if str(settings.link_dir) == "none" else settings.link_dir.absolute()
+    chosen = (read_json(_state_path(settings)) or {}).get("link_dir")
+    if isinstance(chosen, str):
+        return None if chosen == "none" else Path(chosen)  # where the last install linked them
     on_path = {p.expanduser().absolute() for p in settings.search_path}
     for folder in _PREFERRED:
         if folder in on_path and folder.is_dir() and os.access(folder, os.W_OK):
@@ -32,9 +37,41 @@ def choose_link_dir(settings: Settings) -> Path | None:
     return _PREFERRED[0]
 
 
+def _state_path(settings: Settings) -> Path:
+    return settings.home / "install-state.json"
+
+
 def _script_dir() -> Path:
     """Where this environment's console scripts are (next to its python)."""
     return Path(sys.executable).parent
+
+
+_MARK = "# kitty-coreml launcher"
+
+
+def _launcher_text(command: str, home: Path, script: Path) -> str:
+    return (f"#!/bin/sh\n{_MARK}, written by `kitty-coreml install`: {command} with its home in {home}\n"
+            f"if [ -z \"${{KITTY_COREML_HOME:-}}\" ]; then KITTY_COREML_HOME={shlex.quote(str(home))}; "
+            "export KITTY_COREML_HOME; fi\n"
+            f"exec {shlex.quote(str(script))} \"$@\"\n")
+
+
+def _head(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(200)
+    except OSError:
+        return ""
+
+
+def _launcher_problem(path: Path, text: str) -> str | None:
+    if path.is_symlink() or not path.is_file():
+        return f"{path} is missing" if not path.is_symlink() else f"{path} is a link, not a launcher"
+    if _head(path) != text[:200] or path.read_text(encoding="utf-8", errors="replace") != text:
+        return f"{path} is not the launcher of this installation"
+    if not os.access(path, os.X_OK):
+        return f"{path} is not executable"
+    return None
 
 
 def _link_problem(link: Path, target: Path) -> tuple[str, bool] | None:
@@ -57,20 +94,26 @@ class LinkStep(Step):
         self.settings = settings
         self.link_dir = choose_link_dir(settings)
 
-    def pairs(self) -> list[tuple[Path, Path]]:
-        """(link, target) in the order they must be made."""
+    def launchers(self) -> list[tuple[Path, str]]:
+        """(launcher path, its content) per command."""
         out = []
         for command in COMMANDS:
-            in_bin = self.settings.bin_dir / command
             script = _script_dir() / command
-            if in_bin.absolute() != script.absolute():
-                out.append((in_bin, script))
-            if self.link_dir is not None and self.link_dir.absolute() != self.settings.bin_dir.absolute():
-                out.append((self.link_dir / command, in_bin))
+            out.append((self.settings.bin_dir / command, _launcher_text(command, self.settings.home, script)))
         return out
 
+    def pairs(self) -> list[tuple[Path, Path]]:
+        """(link, target): LINK_DIR/NAME -> the launcher."""
+        if self.link_dir is None or self.link_dir.absolute() == self.settings.bin_dir.absolute():
+            return []
+        return [(self.link_dir / command, self.settings.bin_dir / command) for command in COMMANDS]
+
     def problems(self) -> list[str]:
-        out = []
+        out = [problem for path, text in self.launchers() if (problem := _launcher_problem(path, text))]
+        recorded = (read_json(_state_path(self.settings)) or {}).get("link_dir")
+        if recorded != (str(self.link_dir) if self.link_dir else "none"):
+            out.append(f"the link folder of this installation is {recorded or 'not recorded'}, "
+                       f"not {self.link_dir or 'none'}")
         for link, target in self.pairs():
             problem = _link_problem(link, target)
             if problem:
@@ -80,7 +123,8 @@ class LinkStep(Step):
         return out
 
     def plan(self) -> dict[str, Any]:
-        return {"links": [{"link": str(link), "target": str(target)} for link, target in self.pairs()],
+        return {"launchers": [str(path) for path, _ in self.launchers()],
+                "links": [{"link": str(link), "target": str(target)} for link, target in self.pairs()],
                 "link_dir": str(self.link_dir) if self.link_dir else None,
                 "link_dir_on_path": self._on_path()}
 
@@ -88,10 +132,23 @@ class LinkStep(Step):
         return self.link_dir is None or self.link_dir in {p.expanduser().absolute() for p in self.settings.search_path}
 
     def run(self, reporter: Reporter) -> str:
-        for link, target in self.pairs():
-            if not os.access(target, os.X_OK):
-                raise InstallError(f"{target} is missing or not executable, so {link} cannot lead to it",
+        for command in COMMANDS:
+            if not os.access(_script_dir() / command, os.X_OK):
+                raise InstallError(f"{_script_dir() / command} is missing or not executable",
                                    hint="reinstall kitty-coreml into this environment (installers/install.sh)")
+        for path, text in self.launchers():
+            if not _launcher_problem(path, text):
+                continue
+            if path.exists() and not path.is_symlink() and _MARK not in _head(path):
+                raise InstallError(f"{path} is a real file, not a kitty-coreml launcher",
+                                   hint="move it away, then run again")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.chmod(0o755)
+            os.replace(tmp, path)
+            reporter.line(f"wrote {path}")
+        for link, target in self.pairs():
             problem = _link_problem(link, target)
             if problem is None:
                 continue
@@ -104,6 +161,9 @@ class LinkStep(Step):
             tmp.symlink_to(target)
             os.replace(tmp, link)  # atomic: the old link is never missing
             reporter.line(f"linked {link} -> {target}")
+        state = read_json(_state_path(self.settings)) or {}
+        state["link_dir"] = str(self.link_dir) if self.link_dir else "none"
+        write_json(_state_path(self.settings), state)
         if not self._on_path():
             reporter.line(f"note: {self.link_dir} is not on PATH; add it to your shell profile "
                           f"(export PATH=\"{self.link_dir}:$PATH\")")

@@ -49,7 +49,11 @@ def test_fresh_install_sets_up_everything_and_a_second_run_skips_it(stage: Stage
     manifest = json.loads((stage.home / "studio-manifest.json").read_text())
     assert manifest["ratios"]["1:1"]["resourcePath"] == str(stage.model_dir)
     assert not (stage.home / "downloads" / f"sd21-palettized-{MODEL_COMMIT[:12]}-{ARCHIVE}").exists()
-    assert os.path.realpath(stage.links / "kitty-coreml") == os.path.realpath(stage.command()[0])
+    assert os.path.realpath(stage.links / "kitty-coreml") == str(stage.home / "bin" / "kitty-coreml")
+    env = {k: v for k, v in stage.env.items() if k != "KITTY_COREML_HOME"}
+    listed = subprocess.run([str(stage.links / "kitty-coreml"), "models", "list", "--json"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert json.loads(listed.stdout)["home"] == str(stage.home), "the launcher sets the install's home"
     assert [r["path"] for r in stage.hub.gets()] == [f"/{REPO}/resolve/{MODEL_COMMIT}/{ARCHIVE}"]
 
     requests_before = len(stage.hub.requests)
@@ -130,7 +134,7 @@ def test_a_wrong_link_is_fixed_and_a_real_file_is_never_overwritten(stage: Stage
     link.symlink_to("/bin/true")
     report = stage.install_json()
     assert _statuses(report)["links"] == "done"
-    assert os.path.realpath(link) == os.path.realpath(stage.command()[0])
+    assert os.path.realpath(link) == str(stage.home / "bin" / "kitty-coreml")
 
     other = stage.links / "systemsculpt-local-imagegen"
     other.unlink()
