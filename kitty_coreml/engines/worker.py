@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Cancelled, EngineError, EngineTimeout, KittyError, ModelError
-from ..process import describe_exit, die_with_parent, kill_tree
+from ..process import Watchdog, describe_exit, die_with_parent, kill_tree, needs_watchdog
 from .base import CancelToken, EngineImage, EngineJob, EngineOutput, ProgressCallback, ProgressEvent
 from .protocol import PROTOCOL_VERSION, encode
 
@@ -68,6 +68,7 @@ class _Worker:
         except OSError as exc:
             raise EngineError(f"could not start the {name} worker {command[0]}: {exc.strerror or exc}",
                               hint="check that the worker command exists and is executable") from None
+        self.watchdog = Watchdog(self.proc.pid) if needs_watchdog() else None
         with _LIVE_LOCK:
             _LIVE.add(self.proc)
         self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -125,6 +126,9 @@ class _Worker:
         self._release()
 
     def _release(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.release()
+            self.watchdog = None
         with _LIVE_LOCK:
             _LIVE.discard(self.proc)
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
