@@ -40,7 +40,7 @@ class ProgressPrinter:
         if event.kind == "waiting":
             return event.message
         if event.kind == "loading":
-            return "loading the model (the first load on the Neural Engine can take minutes)"
+            return event.message or "loading the model"
         if event.kind == "sampling":
             return f"sampling {event.images or 1} image(s)"
         if event.kind == "saved":

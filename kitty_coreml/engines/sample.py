@@ -167,7 +167,7 @@ class SampleEngine:
                                           images=job.request.count,
                                           rate=float(rate) if rate and rate not in ("inf", "nan") else None))
             elif line.startswith("Loading resources"):
-                on_progress(ProgressEvent("loading", message="loading the model"))
+                on_progress(ProgressEvent("loading", message="loading the model (the first load on the Neural Engine can take minutes)"))
             elif line.startswith("Sampling"):
                 on_progress(ProgressEvent("sampling", total=None, images=job.request.count))
 

@@ -112,6 +112,10 @@ def _write_tokenizer_files(folder: Path) -> tuple[Path, Path]:
 
 def build_smoke_pipeline(tokenizer_dir: Path):
     """The tiny StableDiffusionPipeline in memory, weights from a fixed seed."""
+    # The libraries' own notices (a missing torchvision, shard-writing bars) mean nothing to a user here.
+    for name, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+        os.environ.setdefault(name, value)
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
