@@ -1,0 +1,75 @@
+"""The embedded SQLite queue on its own: bound, order, restart recovery, retention, the worker thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from kitty_coreml.errors import QueueFull
+from kitty_coreml.jobs.embedded import EmbeddedQueue
+from kitty_coreml.request import GenerationRequest
+from kitty_coreml.settings import Settings
+from tests.proc_utils import wait_until
+
+
+def settings(home, **env) -> Settings:
+    return Settings.from_env({"KITTY_COREML_HOME": str(home), "KITTY_COREML_ENGINE": "mock", **env})
+
+
+def request(prompt: str = "a cube") -> dict:
+    return GenerationRequest(prompt=prompt, width=64, height=64).to_dict()
+
+
+def test_bound_and_positions(home):
+    queue = EmbeddedQueue(settings(home, KITTY_COREML_QUEUE_MAX="3"))
+    jobs = [queue.submit(request(f"p{i}")) for i in range(3)]
+    assert [job["position"] for job in jobs] == [1, 2, 3]
+    with pytest.raises(QueueFull, match="3 job"):
+        queue.submit(request())
+    queue.cancel(jobs[0]["job_id"])
+    assert queue.get(jobs[2]["job_id"])["position"] == 2
+    assert queue.submit(request())["position"] == 3
+    queue.close()
+
+
+def test_interrupted_job_runs_again_once_then_fails(home):
+    first = EmbeddedQueue(settings(home))
+    job_id = first.submit(request())["job_id"]
+    assert first._claim()[0] == job_id  # started, then the process "dies": no settle
+    second = EmbeddedQueue(settings(home))
+    assert second.recovered == {"requeued": 1, "failed": 0}
+    assert second.get(job_id)["status"] == "queued"
+    assert second._claim()[0] == job_id
+    third = EmbeddedQueue(settings(home))
+    assert third.recovered == {"requeued": 0, "failed": 1}
+    failed = third.get(job_id)
+    assert failed["status"] == "error" and failed["error_code"] == "interrupted" and failed["attempts"] == 2
+    for queue in (first, second, third):
+        queue.close()
+
+
+def test_finished_jobs_are_forgotten_after_the_retention_time(home):
+    queue = EmbeddedQueue(settings(home, KITTY_COREML_JOB_RETENTION_S="60"))
+    old, fresh = queue.submit(request())["job_id"], queue.submit(request())["job_id"]
+    for job_id in (old, fresh):
+        queue.cancel(job_id)
+    with sqlite3.connect(queue.db_path) as db:
+        db.execute("UPDATE jobs SET finished=? WHERE id=?", (time.time() - 61, old))
+    assert queue.purge() == 1
+    assert queue.get(old) is None and queue.get(fresh)["status"] == "cancelled"
+    queue.close()
+
+
+def test_worker_thread_runs_jobs_in_order_and_counts(home):
+    queue = EmbeddedQueue(settings(home))
+    ids = [queue.submit(request(f"p{i}"))["job_id"] for i in range(3)]
+    queue.start()
+    wait_until(lambda: all(queue.get(i)["status"] == "done" for i in ids), 30, "three jobs done")
+    started = [queue.get(i)["started_at"] for i in ids]
+    assert started == sorted(started)
+    counters = queue.counters()
+    assert counters["jobs_done_total"] == 3 and counters["generation_seconds_count"] == 3
+    assert queue.stats()["done"] == 3
+    queue.close()
