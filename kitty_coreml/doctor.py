@@ -62,14 +62,20 @@ def diagnose(settings: Settings) -> dict[str, Any]:
     checks.append(_check("core ml", reason is None, reason or f"macOS {platform.mac_ver()[0]} on arm64",
                          "generate here with the portable engine: kitty-coreml models smoke; "
                          "kitty-coreml generate \"...\" --engine diffusers --model smoke"))
+    coreml_wanted = reason is None or settings.sample_bin is not None
     try:
         binary = find_sample_binary(settings.sample_bin, settings.bin_dir)
         checks.append(_check("StableDiffusionSample", True, str(binary)))
     except KittyError as exc:
         binary = None
-        checks.append(_check("StableDiffusionSample", False, exc.message, "kitty-coreml install"))
+        checks.append(_check("StableDiffusionSample", not coreml_wanted,
+                             exc.message if coreml_wanted else "not applicable: Core ML cannot run here",
+                             "kitty-coreml install"))
     worker = settings.worker_bin or settings.bin_dir / "kitty-coreml-worker"
-    checks.append(_check("Core ML worker", worker.is_file(), str(worker) if worker.is_file() else f"{worker} not built",
+    built = worker.is_file()
+    checks.append(_check("Core ML worker", built or not coreml_wanted,
+                         str(worker) if built else (f"{worker} not built" if coreml_wanted
+                                                    else "not applicable: Core ML cannot run here"),
                          "kitty-coreml install (builds swift_bridge on a Mac)"))
     diffusers = all(importlib.util.find_spec(name) for name in ("torch", "diffusers", "transformers"))
     checks.append(_check("diffusers engine", diffusers,

@@ -76,9 +76,10 @@ def test_doctor_says_why_core_ml_cannot_run(kitty, home):
     assert run.returncode == 1 and report["ready"] == []
     assert report["coreml"]["available"] is False
     assert "Core ML runs only on macOS 13.1+ on Apple Silicon" in report["coreml"]["reason"]
-    missing = {c["name"]: c for c in report["checks"] if not c["ok"]}
-    assert "kitty-coreml install" in missing["StableDiffusionSample"]["fix"]
-    assert "models smoke" in missing["models"]["fix"]
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["StableDiffusionSample"]["detail"] == "not applicable: Core ML cannot run here"
+    assert "models smoke" in checks["models"]["fix"] and not checks["models"]["ok"]
+    assert "models smoke" in checks["core ml"]["fix"]
 
 
 def test_doctor_ready_with_binary_and_model(kitty):
