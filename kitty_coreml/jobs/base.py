@@ -37,6 +37,9 @@ class JobQueue(Protocol):
     def cancel(self, job_id: str) -> dict[str, Any] | None:
         """Cancel a queued job at once, or ask a started one to stop; the job view after, or None."""
 
+    def progress_since(self, job_id: str, after: int) -> list[dict[str, Any]]:
+        """Progress events of the job numbered (field "seq") above `after`, oldest first."""
+
     def stats(self) -> dict[str, Any]:
         """Queue figures: {"queue": kind, "queued", "started", "done", "error", "cancelled", "max_queued", ...}."""
 

@@ -144,6 +144,12 @@ class RedisQueue:
             self.redis.set(_CANCEL_KEY.format(job_id), "cancelled through the API", ex=int(self.settings.timeout_s) + 300)
         return self._view(job)
 
+    def progress_since(self, job_id: str, after: int) -> list[dict[str, Any]]:
+        """The newest progress event, when it is newer than `after`: workers write a sample, not a log."""
+        job = self._fetch(job_id)
+        progress = job.get_meta(refresh=True).get("progress") if job is not None else None
+        return [progress] if progress and progress.get("seq", 0) > after else []
+
     def stats(self) -> dict[str, Any]:
         from rq import Worker
 
@@ -186,6 +192,7 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
     token = CancelToken()
     finished = threading.Event()
     last_write = [0.0]
+    written = [0]
 
     def watch_cancel() -> None:
         while not finished.wait(_CANCEL_POLL_S):
@@ -198,7 +205,8 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
         now = time.monotonic()
         if now - last_write[0] >= _PROGRESS_EVERY_S or event.step == event.total:
             last_write[0] = now
-            job.meta["progress"] = event.to_dict() | {"kind": event.kind}
+            written[0] += 1
+            job.meta["progress"] = event.to_dict() | {"kind": event.kind, "seq": written[0]}
             job.save_meta()
 
     watcher = threading.Thread(target=watch_cancel, name="kitty-coreml-cancel-watch", daemon=True)

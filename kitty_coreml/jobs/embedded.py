@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,8 @@ MAX_ATTEMPTS = 2
 """A job interrupted by a crash of the service runs again once; a second interruption fails it."""
 _PURGE_EVERY_S = 60.0
 _SHUTDOWN = "the service is shutting down"
+_EVENT_LOGS_KEPT = 256
+"""Progress events are kept in memory for this many of the newest runs, for event streams to replay."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -75,7 +78,7 @@ class EmbeddedQueue:
         self._thread: threading.Thread | None = None
         self._engines = WarmEngines(settings)
         self._current: tuple[str, CancelToken] | None = None
-        self._progress: dict[str, dict[str, Any]] = {}
+        self._events: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self.recovered = self._recover()
 
     # ---- storage -------------------------------------------------------------------------------
@@ -114,9 +117,9 @@ class EmbeddedQueue:
             view["position"] = ahead + 1
         elif row["status"] == STARTED:
             view["position"] = 0
-            progress = self._progress.get(row["id"])
-            if progress:
-                view["progress"] = progress
+            events = self._events.get(row["id"])
+            if events:
+                view["progress"] = events[-1]
         if row["result"]:
             view["result"] = json.loads(row["result"])
         if row["error"]:
@@ -150,6 +153,10 @@ class EmbeddedQueue:
         if current is not None and current[0] == job_id:
             current[1].cancel("cancelled through the API")
         return self.get(job_id)
+
+    def progress_since(self, job_id: str, after: int) -> list[dict[str, Any]]:
+        """Every progress event of the job's newest run numbered above `after` (seq counts from 1)."""
+        return list(self._events.get(job_id, ())[after:])
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -191,14 +198,12 @@ class EmbeddedQueue:
                 self._count(generation_seconds_sum=seconds, generation_seconds_count=1)
             self._count(**{f"jobs_{status}_total": 1}, publish_failures=1 if publish_failed else 0)
             self._current = None
-            self._progress.pop(job_id, None)
 
     def _requeue(self, job_id: str) -> None:
         with self._tx():
             self._db.execute("UPDATE jobs SET status=?, started=NULL, attempts=attempts-1 WHERE id=?",
                              (QUEUED, job_id))
             self._current = None
-            self._progress.pop(job_id, None)
 
     def purge(self) -> int:
         """Forget finished jobs older than the retention time."""
@@ -229,8 +234,12 @@ class EmbeddedQueue:
     def _run(self, job_id: str, request: dict[str, Any]) -> None:
         token = self._current[1]  # set by _claim
 
+        events = self._events[job_id] = []
+        while len(self._events) > _EVENT_LOGS_KEPT:
+            self._events.popitem(last=False)
+
         def on_progress(event: ProgressEvent) -> None:
-            self._progress[job_id] = event.to_dict() | {"kind": event.kind}
+            events.append(event.to_dict() | {"kind": event.kind, "seq": len(events) + 1})
 
         try:
             result, seconds, publish_failed = run_request(request, self.settings, self._engines,

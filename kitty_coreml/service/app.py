@@ -149,27 +149,29 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
 
     @api.get("/jobs/{job_id}/events", response_class=StreamingResponse)
     async def job_events(job_id: str, request: Request):
-        """Server-sent events: `status` whenever the state or queue position changes, `progress` per
-        engine event, then one final `done`, `error` or `cancelled` event with the whole job."""
+        """Server-sent events: `status` whenever the state or queue position changes, `progress` for each
+        engine event (embedded queue; the Redis queue sends the workers' samples), then one final `done`,
+        `error` or `cancelled` event with the whole job."""
         job_or_404(await run_in_threadpool(queue.get, job_id), job_id)
 
         async def stream():
-            last_status, last_progress, quiet_s = None, None, 0.0
+            last_status, seen, quiet_s = None, 0, 0.0
             while True:
                 job = await run_in_threadpool(queue.get, job_id)
                 if job is None:
                     yield _sse("error", {"job_id": job_id, "status": "error", "error": "the job disappeared"})
                     return
+                status = (job["status"], job.get("position"))
+                if status != last_status and job["status"] not in FINAL_STATES:
+                    last_status, quiet_s = status, 0.0
+                    yield _sse("status", {k: v for k, v in job.items() if k != "progress"})
+                # read after the job: every event of a job seen finished is already logged
+                for event in await run_in_threadpool(queue.progress_since, job_id, seen):
+                    seen, quiet_s = event.get("seq", seen + 1), 0.0
+                    yield _sse("progress", event)
                 if job["status"] in FINAL_STATES:
                     yield _sse(job["status"], job)
                     return
-                status = (job["status"], job.get("position"))
-                if status != last_status:
-                    last_status, quiet_s = status, 0.0
-                    yield _sse("status", {k: v for k, v in job.items() if k != "progress"})
-                if job.get("progress") and job["progress"] != last_progress:
-                    last_progress, quiet_s = job["progress"], 0.0
-                    yield _sse("progress", job["progress"])
                 if quiet_s >= _HEARTBEAT_S:
                     quiet_s = 0.0
                     yield ": keep-alive\n\n"
