@@ -63,3 +63,20 @@ def test_kill_9_with_jobs_queued_then_restart_finishes_every_job(env, service_fa
         listed = {item["key"] for item in client.get("/api/images/latest", params={"limit": 100}).json()["items"]}
         assert keys <= listed and len(keys) == 5
         wait_until(lambda: client.get("/api/images/stats").json()["done"] == 5, 10, "stats to count 5 done")
+
+
+def test_sigterm_puts_the_running_job_back_and_a_restart_runs_it(env, service_factory, tmp_path):
+    from tests.proc_utils import read_pid, wait_gone
+
+    pid_file = tmp_path / "engine.pid"
+    service = service_factory({**env, "FAKE_SD_HANG_AT_STEP": "1", "FAKE_SD_PID_FILE": str(pid_file)})
+    with service.client() as client:
+        job_id = client.post("/api/images/generate", json={"prompt": "interrupted", "steps": 4}).json()["job_id"]
+        wait_job(client, job_id, states=("started",))
+    engine_pid = read_pid(pid_file)
+    service.stop(signal.SIGTERM)  # uvicorn shuts down gracefully, then re-raises the signal
+    wait_gone(engine_pid)  # the engine went down with the service
+    restarted = service_factory(env)
+    with restarted.client() as client:
+        job = wait_job(client, job_id)
+        assert job["status"] == "done" and job["attempts"] == 1  # a clean stop does not use up the retry
