@@ -10,7 +10,7 @@ PROG = "kitty-coreml"
 
 
 def _load_commands() -> None:
-    from . import batch, doctor, generate, images, install, models, node, publish  # noqa: F401  (each registers its commands)
+    from . import batch, doctor, generate, images, install, models, node, publish, serve  # noqa: F401  (each registers its commands)
 
 
 def _click_exception_class() -> type[Exception]:

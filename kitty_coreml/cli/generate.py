@@ -89,6 +89,10 @@ def generate(
     as_json: bool = JSON,
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the resolved request and engine "
                                                           "command; launch nothing."),
+    server: Optional[str] = typer.Option(None, "--server", help="Submit to a `kitty-coreml serve` at this URL "
+                                                                "instead of generating here."),
+    wait: bool = typer.Option(False, "--wait", help="With --server: follow the job with the progress bar until "
+                                                    "its images are stored."),
 ) -> None:
     """Generate images from a prompt and store them (local folder, or S3 when S3_BUCKET is set).
 
@@ -103,6 +107,16 @@ def generate(
     try:
         settings = load_settings()
         request = build_request(prompt, **options)
+        if server:
+            from ..service.remote import submit_remote
+
+            terminate_as_cancel()
+            result = submit_remote(server, request, settings, wait=wait)
+            if not wait:
+                print_json(result) if as_json else typer.echo(f"job {result['job_id']}: {result['status']}")
+                return
+            print_json(result) if as_json else print_result(result)
+            return
         if dry_run:
             from ..orchestrator import plan
 
