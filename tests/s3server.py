@@ -64,7 +64,7 @@ class S3Server:
             "s3", endpoint_url=self.endpoint, region_name="us-east-1",
             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                          retries={"total_max_attempts": 1}, **config))
+                          retries=config.pop("retries", {"total_max_attempts": 1}), **config))
 
     def create_bucket(self, name: str | None = None) -> str:
         name = name or "t-" + secrets.token_hex(6)

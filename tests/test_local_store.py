@@ -36,3 +36,14 @@ def test_keys_outside_prefix_refused(tmp_path, key):
 def test_select_missing(tmp_path):
     with pytest.raises(NotFound):
         LocalStore(tmp_path, "images/").select("images/20260101_000000_aaaaaaaa.png")
+
+
+def test_keys_made_within_one_second_sort_in_order():
+    from datetime import datetime, timezone
+
+    from kitty_coreml.storage.base import new_key
+
+    base = datetime(2026, 11, 21, 10, 15, 0, tzinfo=timezone.utc)
+    keys = [new_key("images/", base.replace(microsecond=us)) for us in (0, 20, 500_000, 999_999)]
+    assert keys == sorted(keys)
+    assert all(len(k) == len("images/20261121_101500_abcd1234.png") for k in keys)

@@ -21,9 +21,12 @@ class StoredImage:
 
 
 def new_key(prefix: str, now: datetime | None = None) -> str:
-    """KITTY's key layout: {prefix}{YYYYmmdd_HHMMSS}_{8 hex}.png, UTC."""
+    """KITTY's key layout: {prefix}{YYYYmmdd_HHMMSS}_{8 hex}.png, UTC. The first 4 hex digits are the
+    fraction of the second (in 1/65536ths) and the last 4 are random, so keys made within one second
+    still sort in the order they were made and a newest-first listing is right."""
     now = now or datetime.now(timezone.utc)
-    return f"{prefix}{now:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}.png"
+    fraction = now.microsecond * 65536 // 1_000_000
+    return f"{prefix}{now:%Y%m%d_%H%M%S}_{fraction:04x}{secrets.token_hex(2)}.png"
 
 
 def sidecar_key(key: str) -> str:

@@ -22,8 +22,9 @@ from .conftest import count_attempts, count_calls, make_store, png_file
 
 
 def put_many(server, bucket: str, keys: list[str]) -> None:
-    """Create PNG + sidecar objects quickly, as a gallery of that many images would hold."""
-    client = server.client(max_pool_connections=16)
+    """Create PNG + sidecar objects quickly, as a gallery of that many images would hold. rclone's
+    local backend now and then answers InternalError to concurrent puts, so this setup retries."""
+    client = server.client(max_pool_connections=16, retries={"total_max_attempts": 5, "mode": "standard"})
 
     def put(key: str) -> None:
         client.put_object(Bucket=bucket, Key=key, Body=b"png")
