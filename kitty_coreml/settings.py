@@ -19,6 +19,8 @@ __all__ = ["Settings", "StudioSettings", "parse_bool", "ENGINE_NAMES", "PROGRESS
 
 ENGINE_NAMES = ("auto", "sample", "coreml-worker", "diffusers", "mock")
 PROGRESS_MODES = ("auto", "bar", "plain", "ndjson", "none")
+ML_SD_COMMIT = "e12202c1f6405b83918b58a5d097cd61e3e1f702"
+"""The ml-stable-diffusion commit every build and the Swift worker's Package.swift pin."""
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -57,7 +59,7 @@ def _number(name: str, raw: str | None, default: float, minimum: float) -> float
 
 
 def _commit(raw: str | None) -> str:
-    pinned = "e12202c1f6405b83918b58a5d097cd61e3e1f702"
+    pinned = ML_SD_COMMIT
     if raw is None or raw.strip() == "":
         return pinned
     value = raw.strip().lower()
@@ -131,7 +133,7 @@ class Settings(BaseModel):
     ml_sd_repo_url: str = "https://github.com/apple/ml-stable-diffusion.git"
     """KITTY_COREML_ML_SD_REPO: where `kitty-coreml install` clones ml-stable-diffusion from (a mirror or a
     local path); the pinned commit is checked out whatever the source."""
-    ml_sd_commit: str = "e12202c1f6405b83918b58a5d097cd61e3e1f702"
+    ml_sd_commit: str = ML_SD_COMMIT
     """KITTY_COREML_ML_SD_COMMIT: the ml-stable-diffusion commit built (40 hex digits); change it only on
     purpose (a newer commit under test, or a test repository)."""
     source_dir: Path | None = None

@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InstallError
-from ..settings import Settings
+from ..settings import ML_SD_COMMIT, Settings
 from .progress import Reporter
 from .step import Step, capture, clear_stale, read_json, remove_tree, run_program, sha256_file, write_json
 
 __all__ = ["ML_SD_COMMIT", "SAMPLE_PRODUCT", "WORKER_PRODUCT", "clone_dir", "swift_bridge_dir",
            "CloneStep", "SampleBuildStep", "WorkerBuildStep"]
 
-ML_SD_COMMIT = "e12202c1f6405b83918b58a5d097cd61e3e1f702"
 """The pinned commit (settings.ml_sd_commit defaults to it)."""
 SAMPLE_PRODUCT = "StableDiffusionSample"
 WORKER_PRODUCT = "kitty-coreml-worker"
