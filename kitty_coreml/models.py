@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_json
 from .errors import ConfigError, ModelError
 from .resources import inspect_resources, looks_like_coreml
 
@@ -155,33 +155,20 @@ class Registry:
                                       "family": model.family, "width": model.width, "height": model.height}
         if make_default or not data["default"]:
             data["default"] = model.name
-        _atomic_json(self.path, data)
+        write_json(self.path, data)
 
     def unregister(self, name: str) -> None:
         data = self.read()
         data["models"].pop(name, None)
         if data["default"] == name:
             data["default"] = next(iter(sorted(data["models"])), None)
-        _atomic_json(self.path, data)
+        write_json(self.path, data)
 
     def default_name(self) -> str | None:
         data = self.read()
         if data["default"] in data["models"]:
             return data["default"]
         return next(iter(sorted(data["models"])), None)
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def resolve_model(name_or_path: str | None, *, registry: Registry, default_model: str | None,

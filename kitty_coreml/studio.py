@@ -293,7 +293,7 @@ def write_manifest(path: Path, ratios: Mapping[str, RatioEntry | Path | str], *,
                    extra: Mapping[str, Any] | None = None) -> Manifest:
     """Write a manifest atomically (temporary name, then rename). A bare path is read with
     manifest_entry; its width and height come from the model."""
-    from .models import _atomic_json
+    from .atomic import write_json
 
     entries = {label: value if isinstance(value, RatioEntry) else manifest_entry(Path(value))
                for label, value in ratios.items()}
@@ -308,7 +308,7 @@ def write_manifest(path: Path, ratios: Mapping[str, RatioEntry | Path | str], *,
         if entry.width is not None and entry.height is not None:
             item["width"], item["height"] = entry.width, entry.height
         data["ratios"][label] = item
-    _atomic_json(Path(path), data)
+    write_json(Path(path), data)
     return read_manifest(Path(path))
 
 

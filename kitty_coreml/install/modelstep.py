@@ -6,7 +6,6 @@ registry and mapped in the Studio manifest. A receipt in the folder lists every 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath

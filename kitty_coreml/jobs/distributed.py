@@ -181,7 +181,7 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
     from ..settings import Settings
     from .execute import WarmEngines, run_request
 
-    global _worker_settings, _worker_engines
+    global _worker_engines
     settings = _worker_settings or Settings.from_env()
     if _worker_engines is None:
         _worker_engines = WarmEngines(settings)

@@ -20,13 +20,13 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..atomic import write_bytes
 from ..errors import InvalidRequest, KittyError, StoreError
 from .base import Store, StoredImage, sidecar_key
 
@@ -53,19 +53,6 @@ def _item(outbox_dir: Path, key: str) -> OutboxItem:
     return OutboxItem(key=key, png=outbox_dir / key, sidecar=outbox_dir / sidecar_key(key))
 
 
-def _write_atomic(target: Path, data: bytes) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -83,8 +70,8 @@ def stage(outbox_dir: Path, key: str, png_bytes: bytes, sidecar: dict[str, Any])
         raise InvalidRequest("sidecar", type(sidecar).__name__, f"a JSON-serialisable dict ({exc})") from None
     try:
         item.png.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(item.png, png_bytes)
-        _write_atomic(item.sidecar, body)
+        write_bytes(item.png, png_bytes, durable=True)
+        write_bytes(item.sidecar, body, durable=True)
         _fsync_dir(item.png.parent)
     except OSError as exc:
         raise StoreError(f"cannot stage {key} in the outbox {outbox_dir}: {exc.strerror or exc}",
