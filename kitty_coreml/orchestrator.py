@@ -208,7 +208,7 @@ def fit_image(source: Path, dest: Path, width: int, height: int) -> Path:
 
 
 def _check_images(output: EngineOutput, count: int, width: int, height: int) -> tuple[list[tuple[int, bytes]], list[str]]:
-    from PIL import Image, UnidentifiedImageError
+    from .pngmeta import decode_png_size
 
     kept: list[tuple[int, bytes]] = []
     warnings: list[str] = []
@@ -220,11 +220,9 @@ def _check_images(output: EngineOutput, count: int, width: int, height: int) -> 
             continue
         data = image.path.read_bytes()
         try:
-            with Image.open(image.path) as decoded:
-                decoded.load()
-                size = decoded.size
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise OutputError(f"image {image.index} from {output.engine} does not decode: {exc}") from None
+            size = decode_png_size(data)
+        except ValueError as exc:
+            raise OutputError(f"image {image.index} from {output.engine} is not a PNG that decodes: {exc}") from None
         if size != (width, height):
             raise OutputError(f"image {image.index} from {output.engine} is {size[0]}x{size[1]}; "
                               f"the model makes {width}x{height}")

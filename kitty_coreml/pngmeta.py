@@ -11,8 +11,8 @@ import struct
 import zlib
 from typing import Any
 
-__all__ = ["a1111_parameters", "add_text_chunks", "read_text_chunks", "read_metadata", "SAMPLER_NAMES",
-           "METADATA_KEY"]
+__all__ = ["a1111_parameters", "add_text_chunks", "read_text_chunks", "read_metadata", "decode_png_size",
+           "SAMPLER_NAMES", "METADATA_KEY"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METADATA_KEY = "kitty_coreml"
@@ -63,6 +63,46 @@ def _chunks(png: bytes):
         length, kind = struct.unpack(">I4s", png[pos:pos + 8])
         yield pos, kind, png[pos + 8:pos + 8 + length], pos + 12 + length
         pos += 12 + length
+
+
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+
+
+def decode_png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) of a PNG after checking that it decodes: every chunk's CRC, the whole zlib
+    stream of its image data, and one valid filter byte per scanline. Stdlib only, so checking an
+    engine's output costs no Pillow import on the CLI's fast path. Raises ValueError otherwise."""
+    header = None
+    data = []
+    for _, kind, body, end in _chunks(png):
+        if end > len(png):
+            raise ValueError(f"truncated {kind.decode('latin-1', 'replace')} chunk")
+        if zlib.crc32(kind + body) & 0xFFFFFFFF != struct.unpack(">I", png[end - 4:end])[0]:
+            raise ValueError(f"bad CRC in a {kind.decode('latin-1', 'replace')} chunk")
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            data.append(body)
+        elif kind == b"IEND":
+            break
+    else:
+        raise ValueError("no IEND chunk")
+    if header is None or not data:
+        raise ValueError("no IHDR or no image data")
+    width, height, depth, colour, _, _, interlace = header
+    if colour not in _CHANNELS or interlace not in (0, 1):
+        raise ValueError(f"unsupported colour type {colour} or interlace {interlace}")
+    try:
+        raw = zlib.decompress(b"".join(data))
+    except zlib.error as exc:
+        raise ValueError(f"image data does not inflate: {exc}") from None
+    if interlace == 0:
+        stride = (width * _CHANNELS[colour] * depth + 7) // 8 + 1
+        if len(raw) != stride * height:
+            raise ValueError(f"image data is {len(raw)} bytes; {width}x{height} needs {stride * height}")
+        if any(raw[row * stride] > 4 for row in range(height)):
+            raise ValueError("invalid scanline filter")
+    return width, height
 
 
 def add_text_chunks(png: bytes, texts: dict[str, str]) -> bytes:

@@ -37,3 +37,20 @@ def test_chunks_round_trip_and_pillow_reads_them():
 def test_replacing_keeps_one_chunk():
     png = add_text_chunks(add_text_chunks(_png(), {"parameters": "one"}), {"parameters": "two"})
     assert read_text_chunks(png) == {"parameters": "two"}
+
+
+def test_decode_png_size_checks_the_whole_image():
+    import pytest
+
+    from kitty_coreml.pngmeta import decode_png_size
+
+    for mode, size in (("RGB", (16, 8)), ("RGBA", (3, 5)), ("L", (7, 2)), ("P", (9, 9))):
+        buffer = io.BytesIO()
+        Image.new(mode, size).save(buffer, format="PNG")
+        assert decode_png_size(buffer.getvalue()) == size
+    good = _png((64, 64))
+    idat = good.index(b"IDAT")
+    corrupted = good[:idat + 10] + bytes([good[idat + 10] ^ 0xFF]) + good[idat + 11:]
+    for broken, reason in ((good[:len(good) // 2], "truncated|IEND"), (corrupted, "CRC"), (b"GIF89a", "not a PNG")):
+        with pytest.raises(ValueError, match=reason):
+            decode_png_size(broken)

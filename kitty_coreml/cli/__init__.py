@@ -9,8 +9,21 @@ __all__ = ["main"]
 PROG = "kitty-coreml"
 
 
-def _load_commands() -> None:
-    from . import batch, doctor, generate, images, install, models, node, publish, serve  # noqa: F401  (each registers its commands)
+# Command -> the module that registers it. Only the invoked command's module is imported: typer
+# builds every registered command's parameters on each run, which costs more than the work of a
+# fast generation. Help and unknown commands load them all, in the order help lists them.
+_COMMAND_MODULES = {"generate": "generate", "batch": "batch", "images": "images", "publish": "publish",
+                    "models": "models", "install": "install", "doctor": "doctor", "node": "node",
+                    "serve": "serve", "worker": "serve"}
+
+
+def _load_commands(args: list[str]) -> None:
+    import importlib
+
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    modules = [_COMMAND_MODULES[command]] if command in _COMMAND_MODULES else dict.fromkeys(_COMMAND_MODULES.values())
+    for module in modules:
+        importlib.import_module(f"{__name__}.{module}")
 
 
 def _click_exception_class() -> type[Exception]:
@@ -29,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     from ..errors import KittyError
     from .app import app
 
-    _load_commands()
+    _load_commands(args)
     click_exception = _click_exception_class()
     try:
         returned = app(args=args, prog_name=PROG, standalone_mode=False)
