@@ -18,10 +18,13 @@ def install(
                                                           "commands) and do nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Clone and build Apple's StableDiffusionSample at the pinned commit, build the warm worker, download
-    pinned models (resumable, sha256-checked), register them, and link the commands. Every step is skipped
-    when it is already done and verified; Ctrl-C leaves a state the next run resumes. Progress goes to stderr.
-    On Linux it sets up the portable diffusers engine and the smoke model."""
+    """Set up the pinned binary, the warm worker, models and command links.
+
+    Clones and builds Apple's StableDiffusionSample at the pinned commit, builds the warm worker, downloads
+    pinned models (resumable, sha256-checked), registers them and links the commands. Every step is skipped
+    when it is already done and verified; Ctrl-C leaves a state the next run resumes. Progress goes to
+    stderr. On Linux it sets up the portable diffusers engine and the smoke model instead.
+    """
     from ..errors import InstallError
     from ..install import runner
     from ..install.progress import Reporter

@@ -13,8 +13,11 @@ def publish(
     workers: int = typer.Option(8, "--workers", min=1, max=64, help="Uploads at once."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Publish images kept in the outbox after a failed publish. Safe beside running generations and
-    other `publish --pending` runs: each image is sent once. Exits non-zero if any image failed."""
+    """Publish the images a failed publish kept in the outbox.
+
+    Safe beside running generations and other `publish --pending` runs: each image is sent once.
+    Exits non-zero if any image failed.
+    """
     from ..errors import InvalidRequest, StoreError
     from ..storage import create_store
     from ..storage.outbox import publish_pending
