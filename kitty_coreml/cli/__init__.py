@@ -65,4 +65,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"{PROG}: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
                          "(run again with --debug for a traceback)\n")
         sys.exit(1)
+    if returned == 130:  # typer turns a Ctrl-C inside a command into exit code 130
+        sys.stderr.write(f"{PROG}: cancelled; the engine was stopped and nothing was stored\n")
     sys.exit(returned if isinstance(returned, int) else 0)

@@ -89,3 +89,25 @@ def test_batch_of_an_empty_file_fails_loud(kitty, smoke_env, tmp_path):
     run = kitty("batch", str(prompts), *DIFFUSERS)
     assert run.returncode == 2
     assert "prompts_file" in run.stderr and "at least one prompt line" in run.stderr
+
+
+def test_ctrl_c_stops_the_warm_worker_and_stores_nothing(smoke_env, home):
+    import signal
+    import subprocess
+
+    import psutil
+
+    from tests.conftest import KITTY
+    from tests.proc_utils import read_events, wait_gone
+
+    proc = subprocess.Popen([KITTY, "generate", "a slow cube", "--engine", "diffusers", "--model", "smoke",
+                             "--steps", "150", "--count", "8"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**smoke_env, "KITTY_COREML_PROGRESS": "ndjson"})
+    read_events(proc.stderr, lambda e: e["event"] == "step" and e["step"] >= 2, timeout=120)
+    workers = [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert "kitty-coreml: cancelled; the engine was stopped and nothing was stored" in proc.stderr.read()
+    for pid in workers:
+        wait_gone(pid)
+    assert not list((home / "store").rglob("*.png"))
