@@ -6,24 +6,16 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 from kitty_coreml.models import Registry
 from kitty_coreml.resources import inspect_resources
+from tests.proc_utils import wait_until
 
 from .conftest import ARCHIVE, MODEL_COMMIT, REPO, Stage
 
 
 def _statuses(report: dict) -> dict[str, str]:
     return {step["name"]: step["status"] for step in report["steps"]}
-
-
-def _wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_fresh_install_sets_up_everything_and_a_second_run_skips_it(stage: Stage):
@@ -82,7 +74,7 @@ def test_an_interrupted_download_resumes_where_it_stopped(stage: Stage):
     child = subprocess.Popen(stage.command("install"), env=stage.env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: part.exists() and part.stat().st_size >= stop_at, what="the first megabyte")
+        wait_until(lambda: part.exists() and part.stat().st_size >= stop_at, 30.0, "the first megabyte")
         child.send_signal(signal.SIGINT)  # Ctrl-C
         _out, err = child.communicate(timeout=60)
     finally:
