@@ -237,6 +237,8 @@ def _check_images(output: EngineOutput, count: int, width: int, height: int) -> 
 
 def _sidecar(request: GenerationRequest, model: ModelInfo, engine: str, index: int, key: str, width: int,
              height: int, timings: dict[str, float], warnings: list[str]) -> dict[str, Any]:
+    from .pngmeta import seed_record
+
     return {
         "key": key,
         "prompt": request.prompt,
@@ -255,6 +257,7 @@ def _sidecar(request: GenerationRequest, model: ModelInfo, engine: str, index: i
         "model": model.name,
         "family": model.family,
         "engine": engine,
+        "seedRecord": seed_record(engine=engine, seed=request.seed, index=index, count=request.count),
         "created": datetime.now(timezone.utc).isoformat(),
         "timings": timings,
         "warnings": warnings,
@@ -301,7 +304,8 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
                 "parameters": a1111_parameters(
                     prompt=resolved.prompt, negative_prompt=resolved.negative_prompt, steps=resolved.steps,
                     scheduler=resolved.scheduler, guidance=resolved.guidance, seed=resolved.seed,
-                    width=job.model.width, height=job.model.height, model=model.name,
+                    width=job.model.width, height=job.model.height, model=model.name, engine=output.engine,
+                    index=index, count=resolved.count,
                     extra={"Image index": index, "Run id": resolved.run_id, "Engine": output.engine}),
                 METADATA_KEY: _json(sidecar),
             }

@@ -2,7 +2,7 @@
 
 Chunks are spliced into the PNG byte stream after IHDR, so the image is never re-encoded: an
 AUTOMATIC1111-style `parameters` chunk that Civitai and A1111 read, and `kitty_coreml` with the
-whole record as JSON. Text that Latin-1 cannot hold goes into an iTXt (UTF-8) chunk."""
+whole record as JSON. Text that is not ASCII goes into an iTXt (UTF-8) chunk."""
 
 from __future__ import annotations
 
@@ -11,35 +11,61 @@ import struct
 import zlib
 from typing import Any
 
-__all__ = ["a1111_parameters", "add_text_chunks", "read_text_chunks", "read_metadata", "decode_png_size",
-           "SAMPLER_NAMES", "METADATA_KEY"]
+__all__ = ["a1111_parameters", "seed_record", "add_text_chunks", "read_text_chunks", "read_metadata",
+           "decode_png_size", "SAMPLER_NAMES", "METADATA_KEY", "SHARED_GENERATOR_ENGINES"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METADATA_KEY = "kitty_coreml"
-SAMPLER_NAMES = {"pndm": "PNDM", "dpmpp": "DPM++ 2M"}
+SAMPLER_NAMES = {"pndm": "PLMS", "dpmpp": "DPM++ 2M"}
+"""A1111's own names (it swaps an unknown name for its default): Apple's pndm runs PLMS steps only."""
+SHARED_GENERATOR_ENGINES = ("sample", "coreml-worker")
+"""Engines built on Apple's pipeline: all images of a request come from one generator seeded once."""
+
+
+def seed_record(*, engine: str, seed: int, index: int, count: int) -> dict[str, Any]:
+    """What reproduces image `index` of a request of `count` images: with Apple's engines only the same
+    request (one generator draws image 0, then 1, ...: image i is not seed + i); with diffusers a
+    request of one image with seed + index; the mock engine seeds each image from prompt, run id, index."""
+    if engine in SHARED_GENERATOR_ENGINES:
+        generator, reproduce = "shared", f"the same request: seed {seed}, count {count}, image {index}"
+        image_seed = seed
+    elif engine == "diffusers":
+        generator, reproduce = "per-image", f"one image with seed {seed + index}"
+        image_seed = seed + index
+    else:
+        generator, reproduce = "per-image", f"the same prompt and run id, image {index}"
+        image_seed = seed
+    return {"seed": image_seed, "requestSeed": seed, "index": index, "count": count,
+            "generator": generator, "reproduce": reproduce}
 
 
 def _a1111_value(value: Any) -> str:
+    # A1111 quotes (as JSON) exactly the values holding a comma, a colon or a newline.
     text = str(value)
-    return json.dumps(text, ensure_ascii=False) if ("," in text or ":" in text) else text
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
 
 def a1111_parameters(*, prompt: str, negative_prompt: str, steps: int, scheduler: str, guidance: float,
-                     seed: int, width: int, height: int, model: str, extra: dict[str, Any] | None = None) -> str:
-    fields = {
+                     seed: int, width: int, height: int, model: str, engine: str = "", index: int = 0,
+                     count: int = 1, extra: dict[str, Any] | None = None) -> str:
+    """A1111's infotext. The `Negative prompt:` line is always written (ComfyUI imports nothing
+    without it); CFG keeps full precision; `Seed` is what reproduces this very image (seed_record), and
+    a shared-generator batch says so with A1111's `Batch size` / `Batch pos`."""
+    record = seed_record(engine=engine, seed=seed, index=index, count=count)
+    fields: dict[str, Any] = {
         "Steps": steps,
         "Sampler": SAMPLER_NAMES.get(scheduler, scheduler),
-        "CFG scale": f"{guidance:g}",
-        "Seed": seed,
+        "CFG scale": repr(float(guidance)),
+        "Seed": record["seed"],
         "Size": f"{width}x{height}",
         "Model": model,
-        **(extra or {}),
     }
-    lines = [prompt]
-    if negative_prompt:
-        lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(", ".join(f"{key}: {_a1111_value(value)}" for key, value in fields.items()))
-    return "\n".join(lines)
+    if record["generator"] == "shared" and count > 1:
+        fields.update({"Batch size": count, "Batch pos": index,
+                       "Seed generator": "one for the whole batch (Apple's engine)"})
+    fields.update(extra or {})
+    return "\n".join([prompt, f"Negative prompt: {negative_prompt}",
+                      ", ".join(f"{key}: {_a1111_value(value)}" for key, value in fields.items())])
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -48,11 +74,11 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 def _text_chunk(keyword: str, text: str) -> bytes:
     key = keyword.encode("latin-1")
-    try:
-        return _chunk(b"tEXt", key + b"\0" + text.encode("latin-1"))
-    except UnicodeEncodeError:
-        # iTXt: keyword, NUL, compression flag 0, method 0, empty language tag and translated keyword.
-        return _chunk(b"iTXt", key + b"\0\0\0\0\0" + text.encode("utf-8"))
+    if text.isascii():
+        return _chunk(b"tEXt", key + b"\0" + text.encode("ascii"))
+    # Readers decode tEXt as UTF-8 (ComfyUI) or Latin-1 (the PNG spec): only ASCII reads the same in
+    # both. iTXt: keyword, NUL, compression flag 0, method 0, empty language tag and translated keyword.
+    return _chunk(b"iTXt", key + b"\0\0\0\0\0" + text.encode("utf-8"))
 
 
 def _chunks(png: bytes):

@@ -150,6 +150,10 @@ class Settings(BaseModel):
     ~/.local/bin, /opt/homebrew/bin, /usr/local/bin on PATH, else ~/.local/bin; `none`: no links."""
     search_path: tuple[Path, ...] = ()
     """PATH: the folders searched for programs (read here for choosing where to link the commands)."""
+    # -- storage interoperability (interop) --
+    s3_checksums: bool = False
+    """KITTY_COREML_S3_CHECKSUMS: send boto3's CRC32 checksums on every upload (`when_supported`); by default
+    only where an operation requires one (`when_required`): several S3 servers reject them."""
 
     @property
     def images_root(self) -> Path:
@@ -230,6 +234,8 @@ class Settings(BaseModel):
                                    ("auto", "yes", "no"), "auto"),
             link_dir=_path(get("KITTY_COREML_LINK_DIR")),
             search_path=tuple(Path(p) for p in (get("PATH") or "").split(os.pathsep) if p),
+            # storage interoperability (interop)
+            s3_checksums=parse_bool("KITTY_COREML_S3_CHECKSUMS", get("KITTY_COREML_S3_CHECKSUMS"), False),
         )
 
 

@@ -151,11 +151,15 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
     async def job_events(job_id: str, request: Request):
         """Server-sent events: `status` whenever the state or queue position changes, `progress` for each
         engine event (embedded queue; the Redis queue sends the workers' samples), then one final `done`,
-        `error` or `cancelled` event with the whole job."""
-        job_or_404(await run_in_threadpool(queue.get, job_id), job_id)
+        `error` or `cancelled` event with the whole job. Progress events carry their number as `id:` (the
+        final event the next number); a client reconnecting with `Last-Event-ID: N` gets only what came
+        after event N (no status it has already seen: progress N means it saw the job start)."""
+        last_event_id = _last_event_id(request.headers.get("last-event-id"))
+        first = job_or_404(await run_in_threadpool(queue.get, job_id), job_id)
 
         async def stream():
-            last_status, seen, quiet_s = None, 0, 0.0
+            seen, quiet_s = last_event_id, 0.0
+            last_status = (first["status"], first.get("position")) if seen and first["status"] == "started" else None
             while True:
                 job = await run_in_threadpool(queue.get, job_id)
                 if job is None:
@@ -168,9 +172,9 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
                 # read after the job: every event of a job seen finished is already logged
                 for event in await run_in_threadpool(queue.progress_since, job_id, seen):
                     seen, quiet_s = event.get("seq", seen + 1), 0.0
-                    yield _sse("progress", event)
+                    yield _sse("progress", event, event_id=seen)
                 if job["status"] in FINAL_STATES:
-                    yield _sse(job["status"], job)
+                    yield _sse(job["status"], job, event_id=seen + 1)
                     return
                 if quiet_s >= _HEARTBEAT_S:
                     quiet_s = 0.0
@@ -259,5 +263,15 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
     return app
 
 
-def _sse(event: str, data: Any) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"
+def _sse(event: str, data: Any, event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"
+
+
+def _last_event_id(raw: str | None) -> int:
+    """The Last-Event-ID header of a reconnecting event-stream client: the number of its last event."""
+    if raw is None or not raw.strip():
+        return 0
+    if not raw.strip().isdigit():
+        raise InvalidRequest("Last-Event-ID", raw, "the number of an event of this stream (an integer >= 0)")
+    return int(raw.strip())

@@ -41,6 +41,7 @@ import json
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -61,6 +62,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MIN_SECONDS = int((datetime(1, 1, 2, tzinfo=timezone.utc) - _EPOCH).total_seconds())
 _FIRST_WINDOW_S = 60
 _PAGE_MAX = 1000
+_MAX_HINTS = 16  # listing limits whose first window is remembered
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
                "InvalidToken", "InvalidClientTokenId", "AuthorizationHeaderMalformed", "MissingSecurityHeader"}
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestTimeout",
@@ -89,6 +91,26 @@ class _NoBucket(Exception):
     """The bucket does not exist (NoSuchBucket)."""
 
 
+def _new_client(*, endpoint_url: str | None, region: str, access_key: str | None, secret_key: str | None,
+                connect_timeout_s: float, read_timeout_s: float, max_connections: int, checksums: bool):
+    """A boto3 S3 client (thread-safe; building one parses the service model: about 100 ms)."""
+    import boto3
+    from botocore.config import Config
+
+    # boto3 >= 1.36 sends CRC32 checksum headers on every upload unless told `when_required`; MinIO
+    # releases, Cloudflare R2 and Backblaze B2 have rejected them (boto/boto3#4392, botocore#3352).
+    checksum_policy = "when_supported" if checksums else "when_required"
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint_url, region_name=region,
+        aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                      retries={"total_max_attempts": 1},  # retries are ours: bounded in total time
+                      connect_timeout=connect_timeout_s, read_timeout=read_timeout_s,
+                      max_pool_connections=max_connections,
+                      request_checksum_calculation=checksum_policy,
+                      response_checksum_validation=checksum_policy))
+
+
 class S3Store:
     kind = "s3"
 
@@ -96,10 +118,7 @@ class S3Store:
                  region: str = "us-east-1", access_key: str | None = None, secret_key: str | None = None,
                  create_bucket: bool = False, presign_expiry_s: int = 86400, retry_total_s: float = 20.0,
                  retry_base_s: float = 0.2, connect_timeout_s: float = 5.0, read_timeout_s: float = 60.0,
-                 max_connections: int = 16):
-        import boto3
-        from botocore.config import Config
-
+                 max_connections: int = 16, checksums: bool = False):
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         self.bucket = bucket
@@ -110,21 +129,20 @@ class S3Store:
         self.retry_total_s = retry_total_s
         self.retry_base_s = retry_base_s
         self.where = f"bucket {bucket!r} at {endpoint_url or 'AWS S3 (' + region + ')'}"
-        self.client = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, region_name=region,
-            aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                          retries={"total_max_attempts": 1},  # retries are ours: bounded in total time
-                          connect_timeout=connect_timeout_s, read_timeout=read_timeout_s,
-                          max_pool_connections=max_connections),
-        )
+        self.client = _new_client(endpoint_url=endpoint_url, region=region, access_key=access_key,
+                                  secret_key=secret_key, connect_timeout_s=connect_timeout_s,
+                                  read_timeout_s=read_timeout_s, max_connections=max_connections,
+                                  checksums=checksums)
+        self._hints_lock = threading.Lock()
+        self._first_window_hints: dict[int, int] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Store:
         return cls(bucket=settings.s3_bucket, prefix=settings.prefix, endpoint_url=settings.s3_endpoint_url,
                    region=settings.s3_region, access_key=settings.s3_access_key,
                    secret_key=settings.s3_secret_key, create_bucket=settings.s3_create_bucket,
-                   presign_expiry_s=settings.presign_expiry_s, retry_total_s=settings.s3_retry_total_s)
+                   presign_expiry_s=settings.presign_expiry_s, retry_total_s=settings.s3_retry_total_s,
+                   checksums=settings.s3_checksums)
 
     # -- calls, retries and errors -------------------------------------------------------------
 
@@ -218,25 +236,50 @@ class S3Store:
             raise InvalidRequest("limit", limit, "an integer >= 1")
         found: list[dict[str, Any]] = []
         now = int(time.time())
-        lo, hi, span = now - _FIRST_WINDOW_S, None, _FIRST_WINDOW_S
+        with self._hints_lock:
+            hint = self._first_window_hints.get(limit)
+        lo = now - _FIRST_WINDOW_S if hint is None else hint
+        hi, span = None, max(_FIRST_WINDOW_S, now - lo)
         oldest: str | None = None
         floor = _MIN_SECONDS
         while True:
             got = self._read_window(lo, hi, limit - len(found), found)
             if len(found) >= limit or lo <= floor:
                 break
-            if got == 0:  # a gap: is anything older left at all, and since when?
+            needed = limit - len(found)
+            if got == 0 or 2 * needed >= _PAGE_MAX // 2:  # a gap, or a scan may be cheaper: how old is the oldest?
                 if oldest is None:
                     oldest = self._oldest_key() or ""
                     floor = max(floor, _seconds_of(oldest[len(self.prefix):]) or floor)
                 if not oldest or self._bound(lo) <= oldest:
                     break
+            density = len(found) / max(1, now - lo)
+            if found and 2 * needed >= _PAGE_MAX // 2 and 2 * density * (lo - floor) <= 2.5 * needed + _PAGE_MAX:
+                # What is left is about what is still needed: read it in full pages, no windows.
+                self._read_window(floor, lo, needed, found, split=False)
+                break
+            if got == 0:
                 span *= 8
             else:  # aim the next window at what is still needed, at the density seen so far
-                density = len(found) / max(1, now - lo)
-                span = min(64 * span, max(2 * span, math.ceil(1.25 * (limit - len(found)) / density)))
+                span = min(64 * span, max(2 * span, math.ceil(1.25 * needed / density)))
             lo, hi = max(lo - span, floor), lo
+        self._remember_first_window(limit, found)
         return found[:limit]
+
+    def _remember_first_window(self, limit: int, found: list[dict[str, Any]]) -> None:
+        """Where the next listing of `limit` starts: at the second of the oldest image returned now (one
+        call reads it all again: new images, and deletions, are seen), or at the very beginning when the
+        prefix holds fewer images than that. Any start is correct; this one is cheap."""
+        if len(found) < limit:
+            start: int | None = _MIN_SECONDS
+        else:
+            start = _seconds_of(found[limit - 1]["key"][len(self.prefix):])
+        if start is None:
+            return
+        with self._hints_lock:
+            if len(self._first_window_hints) >= _MAX_HINTS and limit not in self._first_window_hints:
+                self._first_window_hints.pop(next(iter(self._first_window_hints)))
+            self._first_window_hints[limit] = start
 
     def select(self, key: str) -> dict[str, Any]:
         """A presigned GET (settings.presign_expiry_s) and the s3:// URI of an existing image."""
@@ -295,13 +338,15 @@ class S3Store:
         contents = self._list_page(self.prefix + "/", 1).get("Contents") or []
         return contents[0]["Key"] if contents else None
 
-    def _read_window(self, lo: int, hi: int | None, needed: int, found: list[dict[str, Any]]) -> int:
+    def _read_window(self, lo: int, hi: int | None, needed: int, found: list[dict[str, Any]],
+                     split: bool = True) -> int:
         """Append the PNGs of seconds [lo, hi) (hi None: no upper end) to found, newest first, and say
-        how many. A dense window is halved, the newer half read first, the older one only if needed."""
+        how many. A dense window is halved, the newer half read first, the older one only if needed;
+        with split False it is read whole in full pages."""
         upper = self._bound(hi) if hi is not None else self.prefix + ":"  # ':' sorts just above '9'
         # Keys sharing the window's leading digits bound the listing from above: less read past hi.
         narrow = os.path.commonprefix([_stamp(lo), _stamp(hi - 1)]) if hi is not None else ""
-        first_page = min(_PAGE_MAX, 4 * needed + 16)  # an image is two objects: PNG and sidecar
+        first_page = min(_PAGE_MAX, 4 * needed + 16) if split else _PAGE_MAX  # an image: PNG and sidecar
         page = self._list_page(self._bound(lo), first_page, narrow)
         objects: list[dict[str, Any]] = []
         while True:
@@ -311,7 +356,7 @@ class S3Store:
                 break
             top = hi if hi is not None else max(int(time.time()), lo) + 1
             dense = sum(1 for obj in objects if obj["Key"].endswith(".png")) >= needed
-            if dense and top - lo > 1:  # more than needed here: the newer half may be enough
+            if split and dense and top - lo > 1:  # more than needed here: the newer half may be enough
                 mid = lo + (top - lo) // 2
                 got = self._read_window(mid, hi, needed, found)
                 if got >= needed:

@@ -1,4 +1,6 @@
-"""A real S3 server (`rclone serve s3`) for the storage tests, one per session, a fresh bucket per test."""
+"""Real S3 servers for the storage tests: every test that takes `s3_server` runs twice, against
+`rclone serve s3` and against moto's server (auth on); one server of each kind per session, a fresh
+bucket per test."""
 
 from __future__ import annotations
 
@@ -7,12 +9,18 @@ from pathlib import Path
 import pytest
 
 from kitty_coreml.storage.s3 import S3Store
-from tests.s3server import S3Server
+from tests.s3server import SERVER_KINDS, S3Server
+
+
+@pytest.fixture(scope="session", params=sorted(SERVER_KINDS))
+def s3_server_class(request: pytest.FixtureRequest) -> type[S3Server]:
+    """The kind of S3 server this run of a test talks to (`rclone` or `moto`)."""
+    return SERVER_KINDS[request.param]
 
 
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory):
-    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+def s3_server(s3_server_class, tmp_path_factory: pytest.TempPathFactory):
+    server = s3_server_class(tmp_path_factory.mktemp(s3_server_class.kind)).start()
     yield server
     server.stop()
 

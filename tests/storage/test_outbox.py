@@ -113,8 +113,8 @@ def test_failed_publish_keeps_items_and_the_cli_exits_non_zero(s3_server, bucket
     assert report["remaining"] == 1 and item.png.exists() and item.sidecar.exists()
 
 
-def test_server_down_then_back_then_publish_pending(tmp_path, home, kitty):
-    server = S3Server(tmp_path / "s3").start()
+def test_server_down_then_back_then_publish_pending(tmp_path, home, kitty, s3_server_class):
+    server = s3_server_class(tmp_path / "s3").start()
     try:
         bucket = server.create_bucket()
         s3_env = {**server.env(bucket), "KITTY_COREML_S3_RETRY_TOTAL_S": "0.5"}
@@ -127,6 +127,7 @@ def test_server_down_then_back_then_publish_pending(tmp_path, home, kitty):
         assert len(outbox) == 1 and json.loads(outbox[0].sidecar.read_text())
 
         server.start()
+        s3_env.update(server.env(bucket))  # moto, in memory, comes back with a new access key
         sent = kitty("publish", "--pending", "--json", extra_env=s3_env)
         assert sent.returncode == 0, sent.stderr
         assert sent.json["published"] == [outbox[0].key] and sent.json["remaining"] == 0
