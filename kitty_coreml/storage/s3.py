@@ -242,6 +242,12 @@ class S3Store:
         hi, span = None, max(_FIRST_WINDOW_S, now - lo)
         oldest: str | None = None
         floor = _MIN_SECONDS
+        if hint is None and 2 * limit >= _PAGE_MAX:
+            scanned, oldest = self._scan_if_cheaper(limit, now)
+            if scanned is not None:
+                self._remember_first_window(limit, scanned)
+                return scanned[:limit]
+            floor = max(floor, _seconds_of(oldest[len(self.prefix):]) or floor)
         while True:
             got = self._read_window(lo, hi, limit - len(found), found)
             if len(found) >= limit or lo <= floor:
@@ -265,6 +271,33 @@ class S3Store:
             lo, hi = max(lo - span, floor), lo
         self._remember_first_window(limit, found)
         return found[:limit]
+
+    def _scan_if_cheaper(self, limit: int, now: int) -> tuple[list[dict[str, Any]] | None, str]:
+        """For a large limit, read the oldest page first: it is the whole prefix, or it tells how many
+        objects there are (its time span against the prefix's); when a plain paginated scan reads no
+        more than the walk would, go on scanning. Returns (the PNGs newest first, or None: walk
+        instead; the oldest key, "" when the prefix is empty)."""
+        page = self._list_page(self.prefix + "/", _PAGE_MAX)
+        objects = list(page.get("Contents") or [])
+        if not objects:
+            return [], ""
+        oldest = objects[0]["Key"]
+        if page.get("IsTruncated"):
+            first = _seconds_of(oldest[len(self.prefix):])
+            last = _seconds_of(objects[-1]["Key"][len(self.prefix):])
+            if first is None or last is None:
+                return None, oldest
+            estimated_objects = len(objects) * max(1, now - first) / max(1, last - first)
+            if estimated_objects > 2.5 * 2 * limit + _PAGE_MAX:
+                return None, oldest
+            while page.get("IsTruncated") and objects:
+                page = self._list_page(objects[-1]["Key"], _PAGE_MAX)
+                if not page.get("Contents"):
+                    break
+                objects.extend(page["Contents"])
+        found: list[dict[str, Any]] = []
+        _append_newest_first([obj for obj in objects if obj["Key"] < self.prefix + ":"], found)
+        return found, oldest
 
     def _remember_first_window(self, limit: int, found: list[dict[str, Any]]) -> None:
         """Where the next listing of `limit` starts: at the second of the oldest image returned now (one
@@ -363,10 +396,14 @@ class S3Store:
                     return got
                 return got + self._read_window(lo, mid, needed - got, found)
             page = self._list_page(contents[-1]["Key"], _PAGE_MAX, narrow)
-        pngs = sorted((obj for obj in objects if obj["Key"].endswith(".png")),
-                      key=lambda obj: obj["Key"], reverse=True)
-        for obj in pngs:
-            modified = obj.get("LastModified")
-            found.append({"key": obj["Key"], "size": obj.get("Size"),
-                          "last_modified": modified.astimezone(timezone.utc).isoformat() if modified else None})
-        return len(pngs)
+        return _append_newest_first(objects, found)
+
+
+def _append_newest_first(objects: list[dict[str, Any]], found: list[dict[str, Any]]) -> int:
+    """Append the PNGs among listed objects to found, newest first, as listing items; say how many."""
+    pngs = sorted((obj for obj in objects if obj["Key"].endswith(".png")), key=lambda obj: obj["Key"], reverse=True)
+    for obj in pngs:
+        modified = obj.get("LastModified")
+        found.append({"key": obj["Key"], "size": obj.get("Size"),
+                      "last_modified": modified.astimezone(timezone.utc).isoformat() if modified else None})
+    return len(pngs)

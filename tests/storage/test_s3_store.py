@@ -178,3 +178,70 @@ def test_unreachable_endpoint_retries_for_a_bounded_time(tmp_path):
         store.list(5)
     assert len(attempts) >= 2  # retried
     assert "attempts in 0.5 s" in failed.value.message
+
+
+def _truth(server, bucket: str, limit: int) -> list[str]:
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="images/")
+    keys = [obj["Key"] for page in pages for obj in page.get("Contents", []) if obj["Key"].endswith(".png")]
+    return sorted(keys, reverse=True)[:limit]
+
+
+def test_a_repeated_listing_is_one_call_and_sees_deletions_and_other_writers(store, s3_server, bucket):
+    now = datetime.now(timezone.utc)
+    keys = [new_key("images/", now - timedelta(seconds=10 + 10 * i)) for i in range(600)]  # 1200 objects
+    put_many(s3_server, bucket, keys)
+    first = [item["key"] for item in store.list(36)]
+    assert first == sorted(keys, reverse=True)[:36]
+    calls = count_calls(store, "ListObjectsV2")
+
+    assert [item["key"] for item in store.list(36)] == first
+    assert len(calls) == 1  # no probes: the first window starts where the last listing ended
+
+    other = s3_server.client()  # another writer and deleter beside this process
+    for gone in (first[0], first[20]):
+        other.delete_object(Bucket=bucket, Key=gone)
+        other.delete_object(Bucket=bucket, Key=sidecar_key(gone))
+    put_many(s3_server, bucket, [new_key("images/", datetime.now(timezone.utc)) for _ in range(3)])
+    calls.clear()
+    assert [item["key"] for item in store.list(36)] == _truth(s3_server, bucket, 36)
+    assert len(calls) <= 2, calls  # one call, and one more window below for the two deleted
+    assert [item["key"] for item in make_store(s3_server, bucket).list(36)] == _truth(s3_server, bucket, 36)
+
+
+def test_a_listing_of_nearly_everything_reads_in_full_pages(store, s3_server, bucket):
+    now = datetime.now(timezone.utc)
+    keys = [new_key("images/", now - timedelta(seconds=10 * i)) for i in range(600)]
+    put_many(s3_server, bucket, keys)
+    calls = count_calls(store, "ListObjectsV2")
+
+    assert [item["key"] for item in store.list(550)] == sorted(keys, reverse=True)[:550]
+    # exactly a plain paginated scan of the 1200 objects (the walk from now made 4 calls)
+    assert calls == [1000, 200]
+
+
+def test_checksum_headers_only_when_asked(s3_server, bucket, tmp_path):
+    (tmp_path / "m.json").write_text("{}")
+    sent: dict[bool, list[dict]] = {}
+    for checksums in (False, True):
+        store = make_store(s3_server, bucket, checksums=checksums)
+        sent[checksums] = []
+        store.client.meta.events.register(
+            "before-send.s3.PutObject", lambda request, sink=sent[checksums], **_: sink.append(dict(request.headers)))
+        key = new_key("images/")
+        store.publish(key, png_file(tmp_path), tmp_path / "m.json")
+        assert store.select(key)["imageRef"]["storageUri"].endswith(key)
+    assert len(sent[False]) == len(sent[True]) == 2
+    assert not any(name.lower().startswith("x-amz-checksum") for headers in sent[False] for name in headers)
+    assert all(any(name.lower() == "x-amz-checksum-crc32" for name in headers) for headers in sent[True])
+    on = Settings.from_env({"KITTY_COREML_HOME": str(tmp_path), "KITTY_COREML_S3_CHECKSUMS": "1"})
+    assert on.s3_checksums and not Settings.from_env({"KITTY_COREML_HOME": str(tmp_path)}).s3_checksums
+
+
+def test_one_store_and_client_per_process_for_the_same_settings(s3_server, bucket, tmp_path):
+    def settings(name: str) -> Settings:
+        return Settings.from_env({**s3_server.env(name), "KITTY_COREML_HOME": str(tmp_path)})
+
+    first, again = create_store(settings(bucket)), create_store(settings(bucket))
+    assert first is again and first.client is again.client
+    other = create_store(settings(bucket + "-other"))
+    assert other is not first and other.bucket == bucket + "-other"
