@@ -7,8 +7,12 @@ under a temporary dot-name and renamed into place, the PNG first and the sidecar
 means the item is complete. A PNG without its sidecar is an item whose staging was interrupted; it is
 kept, never published, and reported as `incomplete`.
 
-Claiming: a publisher takes an exclusive `flock` on the item's sidecar for the whole publish, and deletes
-both files (sidecar first, so the item stops being pending) before releasing it. The kernel drops the
+Claiming: a publisher takes an exclusive `flock` on the item's sidecar for the whole publish, and moves
+both files out (sidecar first, so the item stops being pending) before releasing it: renamed into a
+`.sent` folder beside them, where a background thread deletes them (deleting a freshly written file costs
+about 1.5 ms on ext4, a third of what publishing adds to an upload; a rename costs microseconds). The
+thread finishes before the process exits; files a killed process left in `.sent` go at the next
+`publish_pending`. The kernel drops the
 lock when a publisher dies, so a crash never leaves an item stuck. A publisher that gets the lock after
 another one finished holds a deleted file: it compares inode numbers and sees the item is gone. So two
 `publish --pending` runs, or one beside a generation that is publishing, send each item exactly once.
@@ -20,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -149,10 +154,49 @@ def _publish_claimed(store: Store, item: OutboxItem) -> StoredImage:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         raise _as_store_error(item.key, exc) from None
-    # Sidecar first: once it is gone the item is no longer pending, whatever happens next.
-    item.sidecar.unlink(missing_ok=True)
-    item.png.unlink(missing_ok=True)
+    _retire(item)
     return stored
+
+
+_SENT_DIR = ".sent"
+_deleter: ThreadPoolExecutor | None = None
+_deleter_lock = threading.Lock()
+
+
+def _retire(item: OutboxItem) -> None:
+    """Take a published item out of the outbox: sidecar first, so it is no longer pending whatever
+    happens next; the files are deleted off the caller's path."""
+    sent = item.sidecar.parent / _SENT_DIR
+    try:
+        sent.mkdir(exist_ok=True)
+        os.replace(item.sidecar, sent / item.sidecar.name)
+        os.replace(item.png, sent / item.png.name)
+    except OSError:
+        item.sidecar.unlink(missing_ok=True)
+        item.png.unlink(missing_ok=True)
+        return
+    global _deleter
+    with _deleter_lock:
+        if _deleter is None:  # its thread is joined at interpreter exit: nothing is left behind
+            _deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-delete")
+        _deleter.submit(_delete, [sent / item.sidecar.name, sent / item.png.name])
+
+
+def _delete(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # the next publish_pending sweeps what is left
+
+
+def _sweep_sent(outbox_dir: Path) -> None:
+    """Delete what a publisher that died left in the `.sent` folders."""
+    if not outbox_dir.is_dir():
+        return
+    for root, dirs, files in os.walk(outbox_dir):
+        if Path(root).name == _SENT_DIR:
+            _delete([Path(root, name) for name in files])
 
 
 def publish_item(store: Store, item: OutboxItem) -> StoredImage:
@@ -212,6 +256,7 @@ def publish_pending(store: Store, outbox_dir: Path, *, workers: int = DEFAULT_WO
     "remaining": N complete items still in the outbox, "incomplete": [keys of PNGs without a sidecar]}.
     """
     outbox_dir = Path(outbox_dir)
+    _sweep_sent(outbox_dir)
     result = publish_items(store, pending(outbox_dir), workers=workers)
     return {
         "published": [stored.key for stored in result["published"]],

@@ -96,6 +96,20 @@ def test_pending_cli_in_two_processes_at_once(s3_server, bucket, tmp_path):
     reports = [json.loads(out) for out, _ in outputs]
     assert sorted(reports[0]["published"] + reports[1]["published"]) == keys
     assert [k for k in stored_keys(s3_server, bucket) if k.endswith(".png")] == keys
+    # deleting the sent files happens off the publishing path, and is over before the processes exit
+    assert [path for path in (home / "outbox").rglob("*") if path.is_file()] == []
+
+
+def test_published_items_leave_the_outbox_and_leftovers_are_swept(s3_server, bucket, tmp_path):
+    store = make_store(s3_server, bucket)
+    item = stage(tmp_path, new_key("images/"), PNG, {})
+    publish_item(store, item)
+    assert not item.png.exists() and not item.sidecar.exists() and pending(tmp_path) == []
+    leftover = item.png.parent / ".sent" / "20260101_000000_00000000.png"  # from a publisher that was killed
+    leftover.parent.mkdir(exist_ok=True)
+    leftover.write_bytes(PNG)
+    assert publish_pending(store, tmp_path)["published"] == []
+    assert not leftover.exists()
 
 
 def test_failed_publish_keeps_items_and_the_cli_exits_non_zero(s3_server, bucket, tmp_path):
