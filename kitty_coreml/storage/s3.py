@@ -25,9 +25,18 @@ order, and a listing can walk time windows backwards from now:
   windows are older), or once it passes the oldest key of the prefix, found with one `MaxKeys=1` call
   made only when the first window was not enough.
 
+* A repeated listing of the same limit starts its first window at the second of the oldest image the
+  last one returned: one call reads every image at or above it again, so new images, deletions and
+  other writers are all seen; only when fewer than `limit` remain does the walk go on below. (Any first
+  window is correct; this one is cheap: a gallery poll of /latest?limit=36 is one call.)
+* A large limit (half a page of images or more) reads the oldest page first: when the prefix's size,
+  estimated from that page's time span, is about what is needed anyway, a plain paginated scan is cheaper
+  than the walk and is done instead; the walk also switches to full pages when what is left is small.
+
 Measured with `rclone serve s3` (tests/storage/test_s3_store.py): 3000 images (6000 objects) one every
-10 s, `list(20)` makes 2 list calls reading 60 keys; after a 2-year gap, 9 calls. The walk is stateless:
-no index object to keep consistent between concurrent writers (rclone, for one, ignores conditional puts).
+10 s, `list(20)` makes 2 list calls reading 60 keys; after a 2-year gap, 9 calls. Nothing is stored in
+the bucket: no index object to keep consistent between concurrent writers (rclone, for one, ignores
+conditional puts); the only state is the per-limit start of the first window, in this process.
 PNG keys that do not start with a digit after the prefix are not KITTY's layout and are not listed.
 
 Retries: connection failures, 5xx and throttling are retried with exponential backoff and jitter until
