@@ -12,6 +12,8 @@ import pytest
 from kitty_coreml.models import Registry, model_from_folder
 from tests.conftest import BIN_DIR, clean_env
 from tests.conformance.harness import smoke_model_path
+from tests.proc_utils import wait_until
+from tests.service.conftest import mock_env, redis_url, service_factory, start_worker, stop_process  # noqa: F401 (fixtures)
 
 
 def _command_paths() -> list[list[str]]:
@@ -88,3 +90,40 @@ def test_one_studio_call_on_the_mock_backend(tmp_path, home):
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout)
     assert answer["schema"] == "studio.local-image-generation.response.v1" and len(answer["images"]) == 1
+
+
+# The images service at the floors: fastapi, uvicorn, starlette, rq and redis in one round trip each.
+FINISHED = "finished"
+
+
+def _finished_job(client, job_id: str) -> dict:
+    seen: dict = {}
+
+    def settled() -> bool:
+        seen.update(client.get(f"/api/images/jobs/{job_id}").json())
+        return seen.get("status") in (FINISHED, "failed")
+
+    wait_until(settled, 120, f"job {job_id} to finish")
+    assert seen["status"] == FINISHED, seen
+    return seen
+
+
+def test_a_job_through_the_embedded_queue(mock_env, service_factory):
+    service = service_factory(mock_env)
+    with service.client() as client:
+        job_id = client.post("/api/images/generate", json={"prompt": "a red cube", "width": 64, "height": 64}
+                             ).json()["job_id"]
+        png_key = _finished_job(client, job_id)["result"]["png_key"]
+        assert [item["key"] for item in client.get("/api/images/latest").json()["items"]] == [png_key]
+
+
+def test_a_job_through_redis_and_a_worker(mock_env, service_factory, redis_url, tmp_path):
+    service = service_factory(mock_env, "--queue", redis_url)
+    worker = start_worker({**mock_env, "KITTY_COREML_HOME": str(tmp_path / "worker-home")}, redis_url)
+    try:
+        with service.client() as client:
+            job_id = client.post("/api/images/generate", json={"prompt": "a red cube", "width": 64, "height": 64}
+                                 ).json()["job_id"]
+            assert _finished_job(client, job_id)["result"]["png_key"].endswith(".png")
+    finally:
+        stop_process(worker)
