@@ -398,8 +398,11 @@ class S3Store:
                 break
             top = hi if hi is not None else max(int(time.time()), lo) + 1
             dense = sum(1 for obj in objects if obj["Key"].endswith(".png")) >= needed
-            if split and dense and top - lo > 1:  # more than needed here: the newer half may be enough
-                mid = lo + (top - lo) // 2
+            # nothing lies below the first key listed: halve from there (a window opened at the very
+            # beginning of time is halved where the images are, not in year 1000)
+            base = max(lo, min(top - 1, _seconds_of(objects[0]["Key"][len(self.prefix):]) or lo)) if objects else lo
+            if split and dense and top - base > 1:  # more than needed here: the newer half may be enough
+                mid = base + (top - base) // 2
                 got = self._read_window(mid, hi, needed, found)
                 if got >= needed:
                     return got

@@ -245,3 +245,16 @@ def test_one_store_and_client_per_process_for_the_same_settings(s3_server, bucke
     assert first is again and first.client is again.client
     other = create_store(settings(bucket + "-other"))
     assert other is not first and other.bucket == bucket + "-other"
+
+
+def test_a_small_gallery_that_grows_is_still_listed_in_few_calls(store, s3_server, bucket):
+    now = datetime.now(timezone.utc)
+    put_many(s3_server, bucket, [new_key("images/", now - timedelta(seconds=2000 + 10 * i)) for i in range(10)])
+    assert len(store.list(36)) == 10  # all of it: the next listing of 36 starts at the beginning
+    calls = count_calls(store, "ListObjectsV2")
+    assert len(store.list(36)) == 10 and len(calls) == 1
+
+    put_many(s3_server, bucket, [new_key("images/", now - timedelta(seconds=10 * i)) for i in range(100)])
+    calls.clear()
+    assert [item["key"] for item in store.list(36)] == _truth(s3_server, bucket, 36)
+    assert len(calls) <= 6, calls  # halved from the oldest key, not from the beginning of time
