@@ -241,11 +241,13 @@ def publish_items(store: Store, items: Iterable[OutboxItem], *, workers: int = D
             os.close(fd)
 
     report: dict[str, list] = {"published": [], "failed": [], "busy": []}
-    if not items:
-        return report
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items)))) as pool:
-        for outcome, value in pool.map(attempt, items):
-            report[outcome].append(value)
+    if len(items) <= 1 or workers <= 1:  # a one-image job: starting a thread would cost more than it saves
+        outcomes = [attempt(item) for item in items]
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+            outcomes = list(pool.map(attempt, items))
+    for outcome, value in outcomes:
+        report[outcome].append(value)
     return report
 
 
