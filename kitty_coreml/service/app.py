@@ -144,7 +144,7 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
     async def job_status(job_id: str) -> dict[str, Any]:
         """{status: queued|started|finished|failed, position, progress, result (finished: png_key, meta_key,
         ...) | error, error_code and cancelled (failed)}."""
-        return job_or_404(await run_in_threadpool(queue.get, job_id), job_id)
+        return {"result": None, "error": None, **job_or_404(await run_in_threadpool(queue.get, job_id), job_id)}
 
     @api.post("/jobs/{job_id}/cancel")
     async def cancel_job(job_id: str) -> dict[str, Any]:
