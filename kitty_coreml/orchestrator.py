@@ -298,7 +298,7 @@ def _sidecar(request: GenerationRequest, model: ModelInfo, engine: str, index: i
         "created": datetime.now(timezone.utc).isoformat(),
         "timings": timings,
         "warnings": warnings,
-        "request": request.to_dict(),
+        "request": request.to_dict() | {"cfg": request.guidance},  # KITTY's sidecar names guidance cfg
     }
 
 
