@@ -73,3 +73,20 @@ def test_worker_thread_runs_jobs_in_order_and_counts(home):
     assert counters["jobs_finished_total"] == 3 and counters["generation_seconds_count"] == 3
     assert queue.stats()["finished"] == 3
     queue.close()
+
+
+def test_a_queue_written_with_the_old_state_words_reads_in_kittys(home):
+    queue = EmbeddedQueue(settings(home))
+    ids = [queue.submit(request(f"p{i}"))["job_id"] for i in range(3)]
+    queue.close()
+    with sqlite3.connect(home / "jobs.sqlite3") as db:
+        for job_id, old, code in zip(ids, ("done", "error", "cancelled"), (None, "engine_failed", "cancelled")):
+            db.execute("UPDATE jobs SET status=?, error=?, error_code=?, finished=? WHERE id=?",
+                       (old, None if old == "done" else "went wrong", code, time.time(), job_id))
+    reopened = EmbeddedQueue(settings(home))
+    views = [reopened.get(job_id) for job_id in ids]
+    assert [view["status"] for view in views] == ["finished", "failed", "failed"]
+    assert [view.get("cancelled") for view in views] == [None, False, True]
+    assert {k: reopened.stats()[k] for k in ("finished", "failed", "cancelled")} == {"finished": 1, "failed": 2,
+                                                                                   "cancelled": 1}
+    reopened.close()
