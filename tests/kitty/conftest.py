@@ -18,16 +18,19 @@ from tests.service.conftest import free_port, mock_env, redis_url, service_facto
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def kitty_models(tmp_path: Path) -> dict[str, Path]:
+def write_kitty_models(folder: Path) -> dict[str, Path]:
     """KITTY's models.yaml, with the folders it names: {"yaml": file, "sdxl": folder, "sd15": folder}."""
-    sdxl = make_resources(tmp_path / "models" / "sd_xl_base", family="sdxl", width=1024, height=1024,
-                          attention="original")
+    sdxl = make_resources(folder / "sd_xl_base", family="sdxl", width=1024, height=1024, attention="original")
     shutil.copytree(sdxl / "Unet.mlmodelc", sdxl / "UnetRefiner.mlmodelc")
-    sd15 = make_resources(tmp_path / "models" / "sd15_base", width=512, height=512)
-    yaml = tmp_path / "models" / "models.yaml"
+    sd15 = make_resources(folder / "sd15_base", width=512, height=512)
+    yaml = folder / "models.yaml"
     yaml.write_text(f"# KITTY's format\nsdxl_base: {sdxl}\nsdxl_refiner: {sdxl}\nsd15_base: sd15_base\n")
     return {"yaml": yaml, "sdxl": sdxl, "sd15": sd15}
+
+
+@pytest.fixture
+def kitty_models(tmp_path: Path) -> dict[str, Path]:
+    return write_kitty_models(tmp_path / "models")
 
 
 @pytest.fixture
@@ -65,12 +68,17 @@ def gateway(ours):
     stop_process(process)
 
 
-@pytest.fixture
-def standin(tmp_path):
+def start_standin(root: Path) -> tuple[str, subprocess.Popen]:
     """KITTY's images-service stand-in, knowing the models of KITTY's models.yaml.example."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = _serve(["-m", "tests.kitty.standin_service", str(port), str(tmp_path / "standin"),
-                      "sdxl_base", "sdxl_refiner", "sd15_base"], url, "/")
+    process = _serve(["-m", "tests.kitty.standin_service", str(port), str(root), "sdxl_base", "sdxl_refiner",
+                      "sd15_base"], url, "/")
+    return url, process
+
+
+@pytest.fixture
+def standin(tmp_path):
+    url, process = start_standin(tmp_path / "standin")
     yield url
     stop_process(process)

@@ -9,7 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import clean_env
 from tests.proc_utils import wait_until
+from tests.service.conftest import Service, stop_process
+
+from .conftest import start_standin, write_kitty_models
 
 CLI_DEFAULT = {"prompt": "studio photo of a matte black water bottle", "width": 1024, "height": 1024, "steps": 30,
                "cfg": 7.0, "model": "sdxl_base"}
@@ -80,8 +84,21 @@ def finish(base: str, job_id: str) -> dict[str, Any]:
     return seen
 
 
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    """One stand-in and one service for the requests that leave nothing behind that others read."""
+    root = tmp_path_factory.mktemp("side-by-side")
+    models = write_kitty_models(root / "models")
+    ours = Service(clean_env(KITTY_COREML_HOME=str(root / "home"), KITTY_COREML_ENGINE="mock",
+                             KITTY_COREML_PROGRESS="none", MODELS_YAML=str(models["yaml"]))).start()
+    standin, process = start_standin(root / "standin")
+    yield standin, ours.url
+    stop_process(process)
+    ours.stop()
+
+
 @pytest.fixture
-def services(standin, ours):
+def fresh_services(standin, ours):
     return standin, ours.url
 
 
@@ -115,8 +132,8 @@ def test_generate_answers_alike_through_to_the_image(services, what, body):
     covers(shape(our_selected), shape(kitty_selected))
 
 
-def test_listing_selecting_stats_and_unknowns_answer_alike(services):
-    standin, mine = services
+def test_listing_selecting_stats_and_unknowns_answer_alike(fresh_services):
+    standin, mine = services = fresh_services
     for base in services:
         job = httpx.post(f"{base}/api/images/generate", json=CLI_DEFAULT, timeout=30).json()
         finish(base, job["job_id"])
