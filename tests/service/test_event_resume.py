@@ -45,12 +45,12 @@ def test_reconnecting_with_last_event_id_gets_only_what_was_missed(env, service_
     progress = [(event_id, data) for event_id, name, data in everything if name == "progress"]
     assert [event_id for event_id, _ in progress] == [str(data["seq"]) for _, data in progress]
     assert [data["seq"] for _, data in progress] == list(range(1, len(progress) + 1))
-    assert everything[-1][:2] == (str(len(progress) + 1), "done")
+    assert everything[-1][:2] == (str(len(progress) + 1), "finished")
     assert before[-1][0] == "3" and [e for e in before if e[1] == "progress"] == [
         (event_id, "progress", data) for event_id, data in progress[:3]]
-    # the reconnect: events 4.. exactly once, no status it has seen (it saw the job start), then done
+    # the reconnect: events 4.. exactly once, no status it has seen (it saw the job start), then finished
     assert [(event_id, name) for event_id, name, _ in after] == (
-        [(str(seq), "progress") for seq in range(4, len(progress) + 1)] + [(str(len(progress) + 1), "done")])
+        [(str(seq), "progress") for seq in range(4, len(progress) + 1)] + [(str(len(progress) + 1), "finished")])
     assert [data for _, name, data in after if name == "progress"] == [data for _, data in progress[3:]]
 
 
@@ -61,7 +61,7 @@ def test_reconnecting_after_the_end_gets_only_the_final_event(env, service_facto
         wait_job(client, job_id)
         total = len([e for e in read_events(service, job_id) if e[1] == "progress"])
         again = read_events(service, job_id, last_event_id=str(total))
-        assert [(event_id, name) for event_id, name, _ in again] == [(str(total + 1), "done")]
+        assert [(event_id, name) for event_id, name, _ in again] == [(str(total + 1), "finished")]
 
         refused = client.get(f"/api/images/jobs/{job_id}/events", headers={"Last-Event-ID": "three"})
         assert refused.status_code == 422

@@ -20,8 +20,8 @@ def test_metrics_parse_with_prometheus_clients_parser(mock_service):
                      "kitty_coreml_queue_max_jobs": "gauge", "kitty_coreml_workers": "gauge"}
     samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
                for family in families.values() for sample in family.samples}
-    assert samples[("kitty_coreml_jobs", (("state", "done"),))] == stats["done"] == 1
-    assert samples[("kitty_coreml_jobs_finished_total", (("outcome", "done"),))] == 1
+    assert samples[("kitty_coreml_jobs", (("state", "finished"),))] == stats["finished"] == 1
+    assert samples[("kitty_coreml_jobs_finished_total", (("outcome", "finished"),))] == 1
     assert samples[("kitty_coreml_generation_seconds_count", ())] == 1
     assert samples[("kitty_coreml_generation_seconds_sum", ())] > 0
     assert samples[("kitty_coreml_queue_max_jobs", ())] == stats["max_queued"]
