@@ -22,6 +22,19 @@ def _check(name: str, ok: bool, detail: str, fix: str | None = None) -> dict[str
     return {"name": name, "ok": ok, "detail": detail, **({"fix": fix} if fix and not ok else {})}
 
 
+def _swift_check() -> dict[str, Any]:
+    """Building the engines needs Xcode 15+ (Swift 5.9+): ml-stable-diffusion's issue #199."""
+    from .install.step import capture
+    from .install.toolchain import swift_too_old
+
+    status, version = capture(["swift", "--version"])
+    fix = "install Xcode 15 or later (or `xcode-select --install`), then `kitty-coreml install`"
+    if status != 0:
+        return _check("swift", False, "swift does not run (Xcode 15+ is needed to build the engines)", fix)
+    too_old = swift_too_old(version)
+    return _check("swift", too_old is None, too_old or version.splitlines()[0], fix)
+
+
 def _models(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     checks, usable = [], []
     entries: list[tuple[str, Path]] = []
@@ -63,6 +76,8 @@ def diagnose(settings: Settings) -> dict[str, Any]:
                          "generate here with the portable engine: kitty-coreml models smoke; "
                          "kitty-coreml generate \"...\" --engine diffusers --model smoke"))
     coreml_wanted = reason is None or settings.sample_bin is not None
+    if reason is None:
+        checks.append(_swift_check())
     try:
         binary = find_sample_binary(settings.sample_bin, settings.bin_dir)
         checks.append(_check("StableDiffusionSample", True, str(binary)))
