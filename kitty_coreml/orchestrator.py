@@ -147,6 +147,15 @@ def _check(request: GenerationRequest, model: ModelInfo, compute_units: str) -> 
         if request.safety and model.has_safety and (model.width, model.height) != (512, 512):
             raise InvalidRequest("safety", True, f"off for a {model.width}x{model.height} model",
                                  hint="the safety checker only handles 512x512; use --no-safety")
+        if model.family == "sd3" and request.input_image is not None:
+            raise InvalidRequest("image", str(request.input_image), f"none with the SD3 model {model.name!r} "
+                                 "(unsupported: Apple's SD3 pipeline crashes on img2img)",
+                                 hint="drop --image, or use an SD 1.x/2.x or SDXL model with a VAEEncoder")
+        if model.family == "sd" and request.guidance < 1 and (info.unet_batch or 0) >= 2:
+            raise InvalidRequest("guidance", request.guidance,
+                                 f"1..30 for model {model.name!r}, whose Unet takes batch {info.unet_batch}",
+                                 hint="below 1 Apple's pipeline sends the Unet one latent, which a Unet "
+                                      "converted with batch 2 rejects; use --guidance 1 or more")
     if request.input_image is not None and not model.has_encoder:
         raise ModelError(f"model {model.name!r} has no VAEEncoder, so it cannot start from an image",
                          hint="drop --image, or install a model with an encoder (sd21-palettized has one)")
