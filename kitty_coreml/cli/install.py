@@ -73,7 +73,8 @@ def format_report(report: dict) -> str:
             lines.append(f"       $ {' '.join(argv)}")
         if "repo" in plan and "file" in plan:
             lines.append(f"       {plan['repo']}@{plan['revision']} {plan['file']} "
-                         f"({plan['size_bytes'] / 1e9:.2f} GB, sha256 {plan['sha256'] or 'from the hub'})")
+                         f"({plan['size_bytes'] / 1e9:.2f} GB, sha256 {plan['sha256'] or 'from the hub'})"
+                         + (f"; {plan['pin']}" if plan.get("pin", "verified") != "verified" else ""))
     if report["action"] == "verify":
         lines.append("verified: everything is in place" if report["ok"] else
                      f"broken: {len(report['problems'])} problem(s)")

@@ -177,12 +177,16 @@ class _BuildStep(Step):
         package = self.package_dir()
         if package is None or not package.is_dir():
             raise InstallError(f"cannot build {self.product}: its Swift package is not at {package}")
-        status, version = capture(["swift", "--version"])
-        too_old = swift_too_old(version) if status == 0 else None
-        if too_old:
-            raise InstallError(too_old, hint=_SWIFT_HINT)
-        run_program(self.build_argv(), label=f"swift build {self.product}", reporter=reporter, cwd=package,
-                    hint=_SWIFT_HINT)
+        try:
+            run_program(self.build_argv(), label=f"swift build {self.product}", reporter=reporter, cwd=package,
+                        hint=_SWIFT_HINT)
+        except InstallError:
+            # Xcode 14 fails inside the library's sources: say why rather than quote a compiler error
+            status, version = capture(["swift", "--version"])
+            too_old = swift_too_old(version) if status == 0 else None
+            if too_old:
+                raise InstallError(f"swift build {self.product} failed: {too_old}", hint=_SWIFT_HINT) from None
+            raise
         built_dir = package / ".build" / "release"
         built = built_dir / self.product
         if not built.is_file():
