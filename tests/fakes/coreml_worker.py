@@ -250,4 +250,7 @@ def main():
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--version"]:  # main.swift: the worker's version and the library commit, then exit 0
+        out.write(b"kitty-coreml-worker 0.1.0 (ml-stable-diffusion e12202c1f6405b83918b58a5d097cd61e3e1f702) [double]\n")
+        os._exit(0)
     main()
