@@ -397,6 +397,7 @@ def answer(request: StudioRequest, studio: StudioSettings, settings: Settings, *
     """Run one Studio request through the orchestrator and build the v1 response."""
     from . import orchestrator
     from .request import GenerationRequest
+    from .resources import inspect_resources
     from .seeds import studio_seed
 
     warnings = list(request.warnings)
@@ -437,6 +438,12 @@ def answer(request: StudioRequest, studio: StudioSettings, settings: Settings, *
             compute_units = "cpuAndGPU"
             warnings.append(f"{model.path.name} uses original attention: ran on cpuAndGPU instead of the "
                             "default cpuAndNeuralEngine")
+        batch = inspect_resources(model.path).unet_batch if model.family == "sd" else None
+        if guidance < 1 and (batch or 0) >= 2:
+            # below 1 Apple's SD pipeline sends one latent, which a Unet converted with batch 2 rejects
+            guidance = 1.0
+            warnings.append(f"guidance below 1 fails on {model.path.name}, whose Unet takes batch {batch}; ran "
+                            "guidance 1 (or set SYSTEMSCULPT_LOCAL_DIFFUSION_GUIDANCE_SCALE to 1 or more)")
         model_id = f"local/macos-coreml-{model.path.name}:{compute_units}"
         has_encoder = model.has_encoder
         backend_metadata.update(sampleBinary=str(binary), resourcePath=str(model.path),

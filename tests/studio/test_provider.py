@@ -72,7 +72,7 @@ def test_top_level_quality_alias_fields(mock: Provider) -> None:
 
 
 @pytest.mark.parametrize(("steps_raw", "guidance_raw", "steps", "guidance"), [
-    ("200", "99", 80, 30.0), ("-5", "-3", 2, 0.0), ("12.9", "4.25", 12, 4.25)])
+    ("200", "99", 80, 30.0), ("-5", "-3", 2, 1.0), ("12.9", "4.25", 12, 4.25)])
 def test_step_and_guidance_variables_are_clamped(fake: Provider, steps_raw: str, guidance_raw: str,
                                                  steps: int, guidance: float) -> None:
     answer = fake.run(request(localOptions={"quality": "high"}), extra_env={
@@ -81,6 +81,8 @@ def test_step_and_guidance_variables_are_clamped(fake: Provider, steps_raw: str,
     assert (answer["metadata"]["stepCount"], answer["metadata"]["guidanceScale"]) == (steps, guidance)
     argv = argv_log(fake)[-1]
     assert (int(option(argv, "step-count")), float(option(argv, "guidance-scale"))) == (steps, guidance)
+    # -3 clamps to 0, which the bundle's batch-2 Unet cannot run: lifted to 1, with a warning
+    assert any("whose Unet takes batch 2" in w for w in answer["warnings"]) == (guidance_raw == "-3")
 
 
 def test_one_pndm_step_runs_as_two_with_a_warning(fake: Provider) -> None:
