@@ -204,7 +204,7 @@ def answer(request: StudioRequest, studio: StudioSettings, settings: Settings, *
             else None,
             modelFamily=model.family, attention=model.attention, computeUnits=compute_units)
     generation = GenerationRequest(
-        prompt=request.prompt, count=request.count, steps=steps, guidance=guidance,
+        prompt=_without_lone_surrogates(request.prompt), count=request.count, steps=steps, guidance=guidance,
         scheduler=studio.scheduler, compute_units=compute_units, seed=seed, run_id=run_id,
         timeout_s=studio.timeout_ms / 1000, input_image=reference,
         strength=strength if reference is not None else None, safety=not studio.disable_safety,
@@ -223,7 +223,8 @@ def answer(request: StudioRequest, studio: StudioSettings, settings: Settings, *
         result_engine, timings, result_warnings = result.engine, dict(result.timings), result.warnings
         paths = [_local_path(image) for image in result.images]
         warm_metadata = {"warm": False}
-    warnings += [w for w in result_warnings if w not in warnings]
+    said = [w for w in warnings if "uses original attention" in w]
+    warnings += [w for w in result_warnings if w not in warnings and not (said and "uses original attention" in w)]
     images = _images(paths, studio, warnings)
     if len(images) < request.count and not any("safety" in w for w in warnings):
         warnings.append(f"returned {len(images)} of the {request.count} images asked for")
@@ -244,6 +245,12 @@ def answer(request: StudioRequest, studio: StudioSettings, settings: Settings, *
     }
     return {"schema": RESPONSE_SCHEMA, "modelId": identifier, "images": images, "warnings": warnings,
             "metadata": metadata}
+
+
+def _without_lone_surrogates(prompt: str) -> str:
+    """The prompt as Apple's binary received it from the original (node passes argv as UTF-8, a lone
+    surrogate becoming U+FFFD); the seed is taken from the host's prompt before this."""
+    return "".join("\ufffd" if 0xD800 <= ord(char) <= 0xDFFF else char for char in prompt)
 
 
 def _local_path(image: Any) -> Path:
