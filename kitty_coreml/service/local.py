@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from ..request import GenerationRequest
     from ..settings import Settings
 
-__all__ = ["ANNOUNCE_NAME", "LocalService", "WarmRun", "WarmUnavailable", "announced", "find_service", "run_warm"]
+__all__ = ["ANNOUNCE_NAME", "LocalService", "WarmRun", "WarmUnavailable", "announced", "find_service", "run_warm",
+           "generate_warm"]
 
 ANNOUNCE_NAME = "service.json"
 _PROBE_TIMEOUT_S = 2.0
@@ -68,7 +69,8 @@ def _announce_path(settings: Settings) -> Path:
 @contextmanager
 def announced(settings: Settings, url: str) -> Iterator[None]:
     """Say, while the block runs, that this process serves `url` for this home; then take it back
-    (only if it is still ours: a newer service may have announced itself meanwhile)."""
+    (only if it is still ours: a newer service may have announced itself meanwhile). A service killed by
+    a signal leaves the file behind; find_service ignores it once that process is gone or silent."""
     from ..atomic import write_json
 
     path = _announce_path(settings)
@@ -106,7 +108,7 @@ def find_service(settings: Settings) -> LocalService | None:
     if not _alive(service.pid):
         return None
     try:
-        with urllib.request.urlopen(service.url + "/", timeout=_PROBE_TIMEOUT_S) as response:
+        with urllib.request.urlopen(service.url + "/healthz", timeout=_PROBE_TIMEOUT_S) as response:
             json.loads(response.read())
     except (OSError, ValueError):
         return None
@@ -189,9 +191,22 @@ def run_warm(service: LocalService, request: GenerationRequest, settings: Settin
                             f"{request.timeout_s or settings.timeout_s:g} s (job {job_id} cancelled)",
                             hint="raise SYSTEMSCULPT_LOCAL_DIFFUSION_TIMEOUT_MS, or ask for fewer images")
     result = _outcome(final, service)
-    queue_wait = (started_at or time.monotonic()) - submitted
+    queue_wait = _queued_s(final)
+    if queue_wait is None:
+        queue_wait = (started_at or time.monotonic()) - submitted
     images = _fetch_images(client, result, dest) if dest is not None else []
     return WarmRun(result=result, images=images, queue_wait_s=queue_wait, position=position, worker=worker)
+
+
+def _queued_s(job: dict[str, Any]) -> float | None:
+    """How long the job waited for the engine, by the service's own clock (created -> started)."""
+    from datetime import datetime
+
+    try:
+        return max(0.0, (datetime.fromisoformat(job["started_at"])
+                         - datetime.fromisoformat(job["created_at"])).total_seconds())
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _cancel_quietly(client: Any, job_id: str) -> None:
@@ -211,3 +226,19 @@ def _fetch_images(client: Any, result: dict[str, Any], dest: Path) -> list[Path]
         write_bytes(path, client.image(image["key"]))
         paths.append(path)
     return paths
+
+
+def generate_warm(request: GenerationRequest, settings: Settings, *,
+                  on_progress: Callable[[Any], None] | None = None) -> tuple[dict[str, Any], str] | None:
+    """`kitty-coreml generate` on the running service: (result, service URL), the images left where the
+    service stores them; None when no service of this home takes it (then the caller runs it cold)."""
+    if request.input_image is not None:
+        return None  # image-to-image input is a local file the service does not take over HTTP
+    service = find_service(settings)
+    if service is None:
+        return None
+    try:
+        run = run_warm(service, request, settings, None, on_progress=on_progress)
+    except WarmUnavailable:
+        return None
+    return run.result, service.url

@@ -19,7 +19,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,8 @@ __all__ = ["STUDIO_PREFIX", "Resolved", "resolve_resources", "model_id", "sweep_
 STUDIO_PREFIX = "studio/"
 """Where Studio calls keep their images in the local store (HOME/store/studio/), swept after
 KITTY_COREML_STUDIO_RETENTION_S; with KITTY_COREML_STUDIO_KEEP they go to the KITTY store instead."""
+WAIT_REPORTED_S = 1.0
+"""A wait for the warm engine this long or longer is said in the warnings (the host's 480 s include it)."""
 _ORIGINAL_NAMES = ("sd21-palettized", "coreml-stable-diffusion-2-1-base-palettized")
 
 
@@ -270,20 +272,24 @@ def _try_warm(generation: Any, settings: Settings, studio: StudioSettings, warni
     if service is None:
         return None
     dest = settings.images_root / settings.prefix.rstrip("/")
+    # The service picks its own (warm) engine for the bundle; "sample" would start the binary cold there.
+    warm_request = replace(generation, engine=None)
     try:
-        run = run_warm(service, generation, settings, dest, on_progress=on_progress, cancel=cancel)
+        run = run_warm(service, warm_request, settings, dest, on_progress=on_progress, cancel=cancel)
     except WarmUnavailable as exc:
         warnings.append(f"the running kitty-coreml serve did not take the request ({exc.message}); ran cold")
         return None
     result = run.result
     if not studio.keep_images:
         _forget_service_copies(result, settings)
-    own = []
-    if run.queue_wait_s >= 1 or run.position:
-        own.append(f"waited {run.queue_wait_s:.1f} s for the warm engine (position {run.position or 1} in the "
-                   "kitty-coreml serve queue)")
     timings = {**dict(result.get("timings") or {}), "warm_queue_wait_s": round(run.queue_wait_s, 3)}
-    metadata = {"warm": True, "warmQueueWaitS": round(run.queue_wait_s, 3), "warmQueuePosition": run.position}
+    lock_wait = float(timings.get("lock_wait_s") or 0)
+    own = []
+    if run.queue_wait_s + lock_wait >= WAIT_REPORTED_S:
+        own.append(f"waited {run.queue_wait_s + lock_wait:.1f} s for the warm engine of kitty-coreml serve "
+                   f"(queue {run.queue_wait_s:.1f} s, machine lock {lock_wait:.1f} s) before generating")
+    metadata = {"warm": True, "warmQueueWaitS": round(run.queue_wait_s, 3), "warmLockWaitS": round(lock_wait, 3),
+                "warmQueuePosition": run.position}
     return result.get("engine"), run.images, timings, [*own, *(result.get("warnings") or [])], metadata
 
 
