@@ -403,7 +403,7 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         payload = _run(args, env)
         code = 0
     except KittyError as exc:
-        fail(exc.one_line())
+        fail(studio_terms(exc.one_line()))
     except KeyboardInterrupt:
         fail("cancelled: interrupted")
     except Exception as exc:  # the last guard: no traceback reaches the host
@@ -419,6 +419,23 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         except BrokenPipeError:
             pass  # the host stopped reading: nothing to tell it
     sys.exit(code)
+
+
+_STUDIO_TERMS = (
+    ("--timeout", "SYSTEMSCULPT_LOCAL_DIFFUSION_TIMEOUT_MS"),
+    ("--steps/--count", "SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT or the image count"),
+    ("--steps", "SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT"),
+    ("--no-safety", "SYSTEMSCULPT_LOCAL_DIFFUSION_DISABLE_SAFETY=true"),
+    ("--compute-units", "SYSTEMSCULPT_LOCAL_DIFFUSION_COMPUTE_UNITS"),
+    ("KITTY_COREML_SAMPLE_BIN", "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN"),
+)
+"""The engine's messages name kitty-coreml's CLI flags; the Studio user has the SYSTEMSCULPT_* settings."""
+
+
+def studio_terms(message: str) -> str:
+    for flag, setting in _STUDIO_TERMS:
+        message = re.sub(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", setting, message)
+    return message
 
 
 def one_line(message: str) -> str:

@@ -179,3 +179,13 @@ def test_doctor_reports_what_discovery_found(tmp_path: Path, home: Path) -> None
     text = subprocess.run([KITTY, "doctor"], capture_output=True, text=True, env=clean_env(HOME=str(home)),
                           stdin=subprocess.DEVNULL).stdout
     assert "studio 16:9" in text and "the original installer" in text
+
+
+def test_engine_failures_name_the_studio_settings(tmp_path: Path, home: Path) -> None:
+    provider = original_provider(tmp_path, home, SYSTEMSCULPT_LOCAL_DIFFUSION_DISABLE_SAFETY="false")
+    outcome = provider.run(request(count=2), extra_env={"FAKE_SD_SAFETY_DROP": "all"})
+    assert "the safety checker removed all 2 image(s)" in outcome.error
+    assert "SYSTEMSCULPT_LOCAL_DIFFUSION_DISABLE_SAFETY=true" in outcome.error and "--no-safety" not in outcome.error
+    outcome = provider.run(request(), extra_env={"FAKE_SD_FAIL": "resources(\"" + "x" * 900 + "\")"})
+    line = outcome.stderr.splitlines()[-1]
+    assert len(line) <= 420 and line.startswith("[systemsculpt-local-imagegen] StableDiffusionSample failed")
