@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -160,6 +159,9 @@ def run_warm(service: LocalService, request: GenerationRequest, settings: Settin
                 for event, data in client.events(job_id, timeout=min(remaining, _READ_TIMEOUT_S)):
                     if cancel is not None and cancel.cancelled:
                         break
+                    if event != "progress" and isinstance(data, dict) and _final(data):
+                        final = data
+                        break
                     if event == "status":
                         if data.get("status") == "queued" and data.get("position"):
                             emit(ProgressEvent("waiting", message=f"queued on the warm engine at position "
@@ -170,15 +172,12 @@ def run_warm(service: LocalService, request: GenerationRequest, settings: Settin
                         if started_at is None:
                             started_at = time.monotonic()
                         emit(ProgressEvent(data.get("kind", "info"), **{k: data.get(k) for k in fields}))
-                    elif isinstance(data, dict) and _final(data):
-                        final = data
-                        break
                     if time.monotonic() > deadline:
                         break
                 if final is None and not (cancel is not None and cancel.cancelled) and time.monotonic() < deadline:
                     job = client.job(job_id)  # the stream ended early (a proxy cut it): ask once
                     final = job if _final(job) else None
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:  # a quiet stream: open it again while time is left
                 continue
     except BaseException:
         _cancel_quietly(client, job_id)
