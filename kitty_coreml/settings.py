@@ -293,12 +293,13 @@ class StudioSettings(BaseModel):
     manifest_path_set: bool = False
     """Whether SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH was set: then it must exist and map the ratio; unset,
     HOME/studio-manifest.json is one place discovery looks among others."""
-    user_home: Path = Path("/")
+    user_home: Path = Path.home()
     """HOME: where the original installer left its binary (~/gits/apps/ml-stable-diffusion) and bundles
     (~/.systemsculpt/local-image-models)."""
     retention_s: float = 3600.0
     """KITTY_COREML_STUDIO_RETENTION_S: how long a Studio call's images stay in HOME/store/studio/ (the host
-    copies them into the vault as soon as the call answers); older ones go at the next call."""
+    copies them into the vault as soon as the call answers); older ones go at the next call. At least 60 s:
+    a concurrent node's call must not sweep an image its host has not read yet."""
     keep_images: bool = False
     """KITTY_COREML_STUDIO_KEEP: keep Studio images in the KITTY store (S3_PREFIX keys, listed by the service)
     instead of the swept studio/ folder."""
@@ -353,7 +354,7 @@ class StudioSettings(BaseModel):
             # Studio drop-in (issue 11)
             manifest_path_set=bool((get("SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH") or "").strip()),
             user_home=(_path(get("HOME")) or Path.home()).absolute(),
-            retention_s=_number("KITTY_COREML_STUDIO_RETENTION_S", get("KITTY_COREML_STUDIO_RETENTION_S"), 3600.0, 0),
+            retention_s=_number("KITTY_COREML_STUDIO_RETENTION_S", get("KITTY_COREML_STUDIO_RETENTION_S"), 3600.0, 60),
             keep_images=parse_bool("KITTY_COREML_STUDIO_KEEP", get("KITTY_COREML_STUDIO_KEEP"), False),
             warm=parse_bool("KITTY_COREML_STUDIO_WARM", get("KITTY_COREML_STUDIO_WARM"), True),
         )

@@ -162,9 +162,13 @@ def test_studio_images_are_swept_after_the_retention(tmp_path: Path, home: Path)
     kept = provider.run(request("a green cube"), extra_env={"KITTY_COREML_STUDIO_KEEP": "1"}).answer
     assert Path(kept["images"][0]["path"]).is_relative_to(home / ".kitty-coreml" / "store" / "images")
     assert kept["metadata"]["kept"] == "kitty_store"
-    quick = provider.run(request("a cube"), extra_env={"KITTY_COREML_STUDIO_RETENTION_S": "0"}).answer
-    assert not second.exists() and Path(quick["images"][0]["path"]).exists()
+    for path in (Path(kept["images"][0]["path"]), second):
+        os.utime(path, (hour_ago, hour_ago))
+    provider.run(request("a cube"))
+    assert not second.exists()
     assert Path(kept["images"][0]["path"]).exists()  # the KITTY store is never swept
+    refused = provider.run(request(), extra_env={"KITTY_COREML_STUDIO_RETENTION_S": "5"}).error
+    assert "KITTY_COREML_STUDIO_RETENTION_S: got '5'; allowed: a finite number >= 60" in refused
 
 
 def test_doctor_reports_what_discovery_found(tmp_path: Path, home: Path) -> None:
