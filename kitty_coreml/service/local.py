@@ -17,7 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,14 +51,13 @@ class LocalService:
 
 @dataclass
 class WarmRun:
-    """What the service did: the result view, where the images now are, and how long it queued."""
+    """What the service did: the result view, where the images now are, how long the job queued and its
+    queue position when submitted."""
 
     result: dict[str, Any]
     images: list[Path]
     queue_wait_s: float
     position: int | None
-    worker: str | None = None
-    warnings: list[str] = field(default_factory=list)
 
 
 def _announce_path(settings: Settings) -> Path:
@@ -147,7 +146,6 @@ def run_warm(service: LocalService, request: GenerationRequest, settings: Settin
         raise WarmUnavailable(exc.one_line()) from None
     job_id, position = job["job_id"], job.get("position")
     started_at: float | None = None
-    worker = None
     final: dict[str, Any] | None = None
     fields = ("step", "total", "images", "message", "rate")
     try:
@@ -167,7 +165,7 @@ def run_warm(service: LocalService, request: GenerationRequest, settings: Settin
                             emit(ProgressEvent("waiting", message=f"queued on the warm engine at position "
                                                                   f"{data['position']}"))
                         elif data.get("status") == "started" and started_at is None:
-                            started_at, worker = time.monotonic(), data.get("worker")
+                            started_at = time.monotonic()
                     elif event == "progress":
                         if started_at is None:
                             started_at = time.monotonic()
@@ -194,7 +192,7 @@ def run_warm(service: LocalService, request: GenerationRequest, settings: Settin
     if queue_wait is None:
         queue_wait = (started_at or time.monotonic()) - submitted
     images = _fetch_images(client, result, dest) if dest is not None else []
-    return WarmRun(result=result, images=images, queue_wait_s=queue_wait, position=position, worker=worker)
+    return WarmRun(result=result, images=images, queue_wait_s=queue_wait, position=position)
 
 
 def _queued_s(job: dict[str, Any]) -> float | None:

@@ -102,21 +102,20 @@ def mock_provider(tmp: Path) -> Provider:
 
 
 def live_provider(tmp: Path) -> Provider:
-    """The user's own setup: their environment, binary, models and manifest."""
+    """The user's own setup: their environment, binary, models and manifest, found as the provider finds
+    them (studio/discovery.py)."""
     from kitty_coreml.models import model_from_folder
-    from kitty_coreml.settings import StudioSettings
-    from kitty_coreml.studio import read_manifest
+    from kitty_coreml.settings import Settings, StudioSettings
+    from kitty_coreml.studio.discovery import report
 
-    studio = StudioSettings.from_env()
+    found = report(StudioSettings.from_env(), Settings.from_env())
     sizes: dict[str, tuple[int, int]] = {}
-    if studio.resource_path is not None:
-        model = model_from_folder(studio.resource_path)
-        sizes = {label: (model.width, model.height) for label, (w, h) in RATIO_SIZES.items()
-                 if w * model.height == h * model.width}
-    elif studio.manifest_path.is_file():
-        for label, entry in read_manifest(studio.manifest_path).ratios.items():
-            model = model_from_folder(entry.resource_path)
-            sizes[label] = (model.width, model.height)
+    for label, entry in found["ratios"].items():
+        if entry["path"]:
+            model = model_from_folder(Path(entry["path"]))
+            w, h = RATIO_SIZES[label]
+            if w * model.height == h * model.width:  # a RESOURCE_PATH override makes only its own ratio
+                sizes[label] = (model.width, model.height)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_SD_")}
     return Provider("live", env, tmp, sizes)
 
