@@ -65,6 +65,36 @@ def _models(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, An
     return checks, usable
 
 
+_SOURCES = {"SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN",
+            "env_override": "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH",
+            "manifest": "SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH", "kitty_coreml": "kitty-coreml's install",
+            "kitty_manifest": "kitty-coreml's Studio manifest", "kitty_model": "kitty-coreml's default model",
+            "kitty_registry": "kitty-coreml's models", "systemsculpt_install": "the original installer",
+            "PATH": "PATH"}
+
+
+def _studio(settings: Settings, coreml_wanted: bool) -> dict[str, Any]:
+    """What the Studio provider would use, found in studio/discovery.py's order, as checks."""
+    from .settings import StudioSettings
+    from .studio.discovery import report
+
+    try:
+        found = report(StudioSettings.from_env(), settings)
+    except KittyError as exc:
+        return {"error": exc.one_line(),
+                "checks": [_check("studio settings", False, exc.one_line(), "fix the SYSTEMSCULPT_* variable")]}
+    checks = []
+    items = [("studio StableDiffusionSample", found["sampleBinary"])]
+    items += [(f"studio {label}", entry) for label, entry in found["ratios"].items()]
+    for name, entry in items:
+        if entry["path"]:
+            checks.append(_check(name, True, f"{entry['path']} ({_SOURCES.get(entry['source'], entry['source'])})"))
+        else:
+            checks.append(_check(name, not coreml_wanted, entry["error"],
+                                 "kitty-coreml install, or set the SYSTEMSCULPT_LOCAL_DIFFUSION_* variable it names"))
+    return {**found, "checks": checks}
+
+
 def diagnose(settings: Settings) -> dict[str, Any]:
     from .engines.sample import find_sample_binary
     from .storage.outbox import pending
@@ -107,6 +137,8 @@ def diagnose(settings: Settings) -> dict[str, Any]:
     waiting = len(pending(settings.outbox_dir))
     checks.append(_check("outbox", waiting == 0, f"{waiting} image(s) waiting to be published",
                          "kitty-coreml publish --pending"))
+    studio = _studio(settings, coreml_wanted)
+    checks += studio.pop("checks")
     ready = []
     for model in usable:
         if model["format"] == "coreml" and binary is not None and (reason is None or settings.sample_bin):
@@ -120,5 +152,6 @@ def diagnose(settings: Settings) -> dict[str, Any]:
         "checks": checks,
         "models": usable,
         "ready": ready,
+        "studio": studio,
         "ok": all(check["ok"] for check in checks),
     }

@@ -161,10 +161,10 @@ def _check(request: GenerationRequest, model: ModelInfo, compute_units: str) -> 
                 raise ModelError(f"model {model.name!r} is {model.family.upper()}, which needs macOS 14 or later "
                                  f"(this Mac runs {platform.mac_ver()[0]}; older systems ignore --xl and crash)")
         if model.attention == "original" and compute_units == "cpuAndNeuralEngine":
-            raise InvalidRequest("compute_units", compute_units,
-                                 "cpuAndGPU, cpuOnly or all for this original-attention model",
-                                 hint=f"model {model.name!r} uses original attention, which the Neural Engine "
-                                      "runs poorly or not at all; use --compute-units cpuAndGPU")
+            # Apple's original-attention models run on every compute unit, only slower on the Neural Engine
+            # (the original Studio provider runs them there): obey, and say so.
+            warnings.append(f"model {model.name!r} uses original attention, which runs slower on "
+                            "cpuAndNeuralEngine than on cpuAndGPU")
         if request.scheduler == "pndm" and request.steps < 2:
             raise InvalidRequest("steps", request.steps, "2..150 with the pndm scheduler on Core ML",
                                  hint="Apple's PNDM scheduler crashes on a single step; use 2 or more, or dpmpp")
@@ -354,7 +354,7 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
                     scheduler=resolved.scheduler, guidance=resolved.guidance, seed=resolved.seed,
                     width=width, height=height, model=model.name,
                     extra={"Image index": index, "Run id": resolved.run_id, "Engine": output.engine}),
-                METADATA_KEY: _json(sidecar),
+                METADATA_KEY: _json(_without_local_paths(sidecar, model)),
             }
             items.append((index, stage(settings.outbox_dir, key, add_text_chunks(data, texts), sidecar)))
     except KittyError:
@@ -397,6 +397,17 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
             hint="run `kitty-coreml publish --pending` once the store is reachable",
             details={"result": result.to_dict(), "failed": failed})
     return result
+
+
+def _without_local_paths(sidecar: dict[str, Any], model: ModelInfo) -> dict[str, Any]:
+    """The record that travels inside the PNG (into vaults, wherever the image is shared): the model's name
+    and the input image's file name instead of their folders. The full record stays in the sidecar."""
+    request = dict(sidecar["request"])
+    if request.get("model") and (os.sep in request["model"] or request["model"].startswith("~")):
+        request["model"] = model.name
+    if request.get("input_image"):
+        request["input_image"] = Path(request["input_image"]).name
+    return {**sidecar, "request": request}
 
 
 def _json(data: dict[str, Any]) -> str:

@@ -34,8 +34,9 @@ def install(
     if verify and dry_run:
         raise InstallError("--verify and --dry-run: choose one")
     settings = load_settings()
-    manifest_path = StudioSettings.from_env().manifest_path
-    plan = runner.build_plan(settings, model or None, manifest_path=manifest_path, strict=not dry_run)
+    studio = StudioSettings.from_env()
+    plan = runner.build_plan(settings, model or None, manifest_path=studio.manifest_path, strict=not dry_run,
+                             user_home=studio.user_home)
     if dry_run:
         report = runner.dry_run(plan)
     elif verify:

@@ -8,6 +8,8 @@ temporary name, and end of stdin ending it silently. Instead of Core ML it write
 Knobs (environment variables, all optional):
   FAKE_SD_STEP_DELAY      seconds to spend on each step (float)
   FAKE_SD_INPUT_COPY      a file path: copy each generate's input_image there, as the worker read it
+  FAKE_WORKER_LOADS       a file path: one JSON line per model load ({model_path, compute_units, pid}),
+                          so tests can count how often a model was loaded
 """
 
 import json
@@ -97,6 +99,9 @@ def load(message):
              "device": "cpu" if units == "cpuOnly" else "ane", "family": family, "width": info["width"],
              "height": info["height"], "has_encoder": info["has_encoder"], "has_safety": False, "seconds": 0.0}
     state["loaded"] = {**info, "family": family, "path": path}
+    if os.environ.get("FAKE_WORKER_LOADS"):
+        with open(os.environ["FAKE_WORKER_LOADS"], "a", encoding="utf-8") as log:
+            log.write(json.dumps({"model_path": path, "compute_units": units, "pid": os.getpid()}) + "\n")
     return reply
 
 
