@@ -83,8 +83,16 @@ case "$OS" in
     fi
     if [ "$VERIFY" = 0 ] && [ "$DRY_RUN" = 0 ]; then
       xcode-select -p >/dev/null 2>&1 || die "the Xcode command line tools are missing; run: xcode-select --install"
-      command -v swift >/dev/null 2>&1 || die "swift is not on PATH; install Xcode 14.3+ or run: xcode-select --install"
-      swift --version >/dev/null 2>&1 || die "swift does not run (accept the Xcode licence: sudo xcodebuild -license)"
+      command -v swift >/dev/null 2>&1 || die "swift is not on PATH; install Xcode 15+ or run: xcode-select --install"
+      SWIFT_VERSION="$(swift --version 2>&1)" || die "swift does not run (accept the Xcode licence: sudo xcodebuild -license)"
+      # ml-stable-diffusion 1.0.0+ needs Xcode 15 (Swift 5.9): its issue #199
+      swift_mm="$(printf '%s\n' "$SWIFT_VERSION" | sed -n 's/.*Swift version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p' | head -n 1)"
+      if [ -n "$swift_mm" ]; then
+        swift_major="${swift_mm%% *}"; swift_minor="${swift_mm#* }"
+        if [ "$swift_major" -lt 5 ] || { [ "$swift_major" -eq 5 ] && [ "$swift_minor" -lt 9 ]; }; then
+          die "Swift $swift_major.$swift_minor is too old: kitty-coreml needs Xcode 15 or later (Swift 5.9+); update Xcode"
+        fi
+      fi
     fi
     ;;
   Linux) ;;

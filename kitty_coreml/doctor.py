@@ -22,6 +22,19 @@ def _check(name: str, ok: bool, detail: str, fix: str | None = None) -> dict[str
     return {"name": name, "ok": ok, "detail": detail, **({"fix": fix} if fix and not ok else {})}
 
 
+def _swift_check() -> dict[str, Any]:
+    """Building the engines needs Xcode 15+ (Swift 5.9+): ml-stable-diffusion's issue #199."""
+    from .install.step import capture
+    from .install.toolchain import swift_too_old
+
+    status, version = capture(["swift", "--version"])
+    fix = "install Xcode 15 or later (or `xcode-select --install`), then `kitty-coreml install`"
+    if status != 0:
+        return _check("swift", False, "swift does not run (Xcode 15+ is needed to build the engines)", fix)
+    too_old = swift_too_old(version)
+    return _check("swift", too_old is None, too_old or version.splitlines()[0], fix)
+
+
 def _models(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     checks, usable = [], []
     entries: list[tuple[str, Path]] = []
@@ -52,6 +65,36 @@ def _models(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, An
     return checks, usable
 
 
+_SOURCES = {"SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN",
+            "env_override": "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH",
+            "manifest": "SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH", "kitty_coreml": "kitty-coreml's install",
+            "kitty_manifest": "kitty-coreml's Studio manifest", "kitty_model": "kitty-coreml's default model",
+            "kitty_registry": "kitty-coreml's models", "systemsculpt_install": "the original installer",
+            "PATH": "PATH"}
+
+
+def _studio(settings: Settings, coreml_wanted: bool) -> dict[str, Any]:
+    """What the Studio provider would use, found in studio/discovery.py's order, as checks."""
+    from .settings import StudioSettings
+    from .studio.discovery import report
+
+    try:
+        found = report(StudioSettings.from_env(), settings)
+    except KittyError as exc:
+        return {"error": exc.one_line(),
+                "checks": [_check("studio settings", False, exc.one_line(), "fix the SYSTEMSCULPT_* variable")]}
+    checks = []
+    items = [("studio StableDiffusionSample", found["sampleBinary"])]
+    items += [(f"studio {label}", entry) for label, entry in found["ratios"].items()]
+    for name, entry in items:
+        if entry["path"]:
+            checks.append(_check(name, True, f"{entry['path']} ({_SOURCES.get(entry['source'], entry['source'])})"))
+        else:
+            checks.append(_check(name, not coreml_wanted, entry["error"],
+                                 "kitty-coreml install, or set the SYSTEMSCULPT_LOCAL_DIFFUSION_* variable it names"))
+    return {**found, "checks": checks}
+
+
 def diagnose(settings: Settings) -> dict[str, Any]:
     from .engines.sample import find_sample_binary
     from .storage.outbox import pending
@@ -63,6 +106,8 @@ def diagnose(settings: Settings) -> dict[str, Any]:
                          "generate here with the portable engine: kitty-coreml models smoke; "
                          "kitty-coreml generate \"...\" --engine diffusers --model smoke"))
     coreml_wanted = reason is None or settings.sample_bin is not None
+    if reason is None:
+        checks.append(_swift_check())
     try:
         binary = find_sample_binary(settings.sample_bin, settings.bin_dir)
         checks.append(_check("StableDiffusionSample", True, str(binary)))
@@ -92,6 +137,8 @@ def diagnose(settings: Settings) -> dict[str, Any]:
     waiting = len(pending(settings.outbox_dir))
     checks.append(_check("outbox", waiting == 0, f"{waiting} image(s) waiting to be published",
                          "kitty-coreml publish --pending"))
+    studio = _studio(settings, coreml_wanted)
+    checks += studio.pop("checks")
     ready = []
     for model in usable:
         if model["format"] == "coreml" and binary is not None and (reason is None or settings.sample_bin):
@@ -105,5 +152,6 @@ def diagnose(settings: Settings) -> dict[str, Any]:
         "checks": checks,
         "models": usable,
         "ready": ready,
+        "studio": studio,
         "ok": all(check["ok"] for check in checks),
     }

@@ -161,10 +161,10 @@ def _check(request: GenerationRequest, model: ModelInfo, compute_units: str) -> 
                 raise ModelError(f"model {model.name!r} is {model.family.upper()}, which needs macOS 14 or later "
                                  f"(this Mac runs {platform.mac_ver()[0]}; older systems ignore --xl and crash)")
         if model.attention == "original" and compute_units == "cpuAndNeuralEngine":
-            raise InvalidRequest("compute_units", compute_units,
-                                 "cpuAndGPU, cpuOnly or all for this original-attention model",
-                                 hint=f"model {model.name!r} uses original attention, which the Neural Engine "
-                                      "runs poorly or not at all; use --compute-units cpuAndGPU")
+            # Apple's original-attention models run on every compute unit, only slower on the Neural Engine
+            # (the original Studio provider runs them there): obey, and say so.
+            warnings.append(f"model {model.name!r} uses original attention, which runs slower on "
+                            "cpuAndNeuralEngine than on cpuAndGPU")
         if request.scheduler == "pndm" and request.steps < 2:
             raise InvalidRequest("steps", request.steps, "2..150 with the pndm scheduler on Core ML",
                                  hint="Apple's PNDM scheduler crashes on a single step; use 2 or more, or dpmpp")
@@ -175,6 +175,15 @@ def _check(request: GenerationRequest, model: ModelInfo, compute_units: str) -> 
         if request.safety and model.has_safety and (model.width, model.height) != (512, 512):
             raise InvalidRequest("safety", True, f"off for a {model.width}x{model.height} model",
                                  hint="the safety checker only handles 512x512; use --no-safety")
+        if model.family == "sd3" and request.input_image is not None:
+            raise InvalidRequest("image", str(request.input_image), f"none with the SD3 model {model.name!r} "
+                                 "(unsupported: Apple's SD3 pipeline crashes on img2img)",
+                                 hint="drop --image, or use an SD 1.x/2.x or SDXL model with a VAEEncoder")
+        if model.family == "sd" and request.guidance < 1 and (info.unet_batch or 0) >= 2:
+            raise InvalidRequest("guidance", request.guidance,
+                                 f"1..30 for model {model.name!r}, whose Unet takes batch {info.unet_batch}",
+                                 hint="below 1 Apple's pipeline sends the Unet one latent, which a Unet "
+                                      "converted with batch 2 rejects; use --guidance 1 or more")
     if request.input_image is not None and not model.has_encoder:
         raise ModelError(f"model {model.name!r} has no VAEEncoder, so it cannot start from an image",
                          hint="drop --image, or install a model with an encoder (sd21-palettized has one)")
@@ -349,7 +358,7 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
                     width=width, height=height, model=model.name, engine=output.engine,
                     index=index, count=resolved.count,
                     extra={"Image index": index, "Run id": resolved.run_id, "Engine": output.engine}),
-                METADATA_KEY: _json(sidecar),
+                METADATA_KEY: _json(_without_local_paths(sidecar, model)),
             }
             items.append((index, stage(settings.outbox_dir, key, add_text_chunks(data, texts), sidecar)))
     except KittyError:
@@ -392,6 +401,17 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
             hint="run `kitty-coreml publish --pending` once the store is reachable",
             details={"result": result.to_dict(), "failed": failed})
     return result
+
+
+def _without_local_paths(sidecar: dict[str, Any], model: ModelInfo) -> dict[str, Any]:
+    """The record that travels inside the PNG (into vaults, wherever the image is shared): the model's name
+    and the input image's file name instead of their folders. The full record stays in the sidecar."""
+    request = dict(sidecar["request"])
+    if request.get("model") and (os.sep in request["model"] or request["model"].startswith("~")):
+        request["model"] = model.name
+    if request.get("input_image"):
+        request["input_image"] = Path(request["input_image"]).name
+    return {**sidecar, "request": request}
 
 
 def _json(data: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """What a Core ML resource folder is (CONTRACTS.md section 2): its family (SD, SDXL, SD3), its native
-size read from the models' metadata.json, its attention type, its optional parts, and exactly what is
-missing."""
+size and Unet batch read from the models' metadata.json, its attention type, its optional parts, and
+exactly what is missing."""
 
 from __future__ import annotations
 
@@ -26,9 +26,14 @@ class ResourceInfo:
     attention: str | None
     """split_einsum (Neural Engine) or original (GPU); None when the Unet cannot be read."""
     has_encoder: bool
+    """img2img possible: a VAEEncoder, in a family whose pipeline can start from an image (SD3's cannot:
+    Apple's DiscreteFlowScheduler leaves the alphasCumProd that img2img's addNoise reads empty)."""
     has_safety: bool
     has_refiner: bool = False
     missing: list[str] = field(default_factory=list)
+    unet_batch: int | None = None
+    """The batch of the Unet's `sample` input: 2 for the usual conversion, which Apple's SD pipeline
+    cannot feed below guidance 1 (it then sends one latent). None for SD3 or an unreadable Unet."""
 
     @property
     def complete(self) -> bool:
@@ -38,7 +43,7 @@ class ResourceInfo:
         return {
             "path": str(self.path), "family": self.family, "width": self.width, "height": self.height,
             "attention": self.attention, "hasEncoder": self.has_encoder, "hasSafetyChecker": self.has_safety,
-            "hasRefiner": self.has_refiner, "missing": list(self.missing),
+            "hasRefiner": self.has_refiner, "unetBatch": self.unet_batch, "missing": list(self.missing),
         }
 
 
@@ -106,13 +111,14 @@ def inspect_resources(path: Path) -> ResourceInfo:
     if family == "sd3" and _has(path, "TextEncoderT5.mlmodelc"):
         missing += [n for n in ("tokenizer_config.json", "tokenizer.json") if not _has(path, n)]
 
-    width = height = None
+    width = height = unet_batch = None
     attention = None
     if denoiser:
         meta = _metadata(denoiser[0])
         shape = _input_shape(meta, "sample") or _input_shape(meta, "latent_image_embeddings")
         if shape and len(shape) == 4:
             height, width = shape[2] * 8, shape[3] * 8
+            unet_batch = shape[0] if family != "sd3" else None
         histogram = (meta or {}).get("mlProgramOperationTypeHistogram") or {}
         if meta is not None:
             attention = "split_einsum" if "Ios16.einsum" in histogram else "original"
@@ -128,8 +134,9 @@ def inspect_resources(path: Path) -> ResourceInfo:
         width=width,
         height=height,
         attention=attention,
-        has_encoder=_has(path, "VAEEncoder.mlmodelc"),
+        has_encoder=_has(path, "VAEEncoder.mlmodelc") and family != "sd3",
         has_safety=_has(path, "SafetyChecker.mlmodelc"),
         has_refiner=_has(path, "UnetRefiner.mlmodelc") or _has(path, "UnetRefinerChunk1.mlmodelc"),
         missing=missing,
+        unet_batch=unet_batch,
     )

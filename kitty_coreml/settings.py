@@ -303,6 +303,23 @@ class StudioSettings(BaseModel):
     provider did; falls back to paths, with a warning, past the base64 budget)."""
     base64_budget_bytes: int = 6 * 1024 * 1024
     """KITTY_COREML_STUDIO_BASE64_BUDGET: most bytes of base64 in one answer (the host cuts stdout at 8 MiB)."""
+    # Studio drop-in (issue 11): discovery of the original install, image retention, the warm path.
+    manifest_path_set: bool = False
+    """Whether SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH was set: then it must exist and map the ratio; unset,
+    HOME/studio-manifest.json is one place discovery looks among others."""
+    user_home: Path = Path.home()
+    """HOME: where the original installer left its binary (~/gits/apps/ml-stable-diffusion) and bundles
+    (~/.systemsculpt/local-image-models)."""
+    retention_s: float = 3600.0
+    """KITTY_COREML_STUDIO_RETENTION_S: how long a Studio call's images stay in HOME/store/studio/ (the host
+    copies them into the vault as soon as the call answers); older ones go at the next call. At least 60 s:
+    a concurrent node's call must not sweep an image its host has not read yet."""
+    keep_images: bool = False
+    """KITTY_COREML_STUDIO_KEEP: keep Studio images in the KITTY store (S3_PREFIX keys, listed by the service)
+    instead of the swept studio/ folder."""
+    warm: bool = True
+    """KITTY_COREML_STUDIO_WARM: send requests to a running `kitty-coreml serve` of this home, whose engine
+    stays loaded between images; off: always start Apple's binary cold."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StudioSettings:
@@ -348,6 +365,12 @@ class StudioSettings(BaseModel):
             timeout_ms=480000 if timeout_ms is None else int(timeout_ms),
             output=_choice("KITTY_COREML_STUDIO_OUTPUT", get("KITTY_COREML_STUDIO_OUTPUT"), STUDIO_OUTPUTS, "path"),
             base64_budget_bytes=int(budget),
+            # Studio drop-in (issue 11)
+            manifest_path_set=bool((get("SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH") or "").strip()),
+            user_home=(_path(get("HOME")) or Path.home()).absolute(),
+            retention_s=_number("KITTY_COREML_STUDIO_RETENTION_S", get("KITTY_COREML_STUDIO_RETENTION_S"), 3600.0, 60),
+            keep_images=parse_bool("KITTY_COREML_STUDIO_KEEP", get("KITTY_COREML_STUDIO_KEEP"), False),
+            warm=parse_bool("KITTY_COREML_STUDIO_WARM", get("KITTY_COREML_STUDIO_WARM"), True),
         )
 
 

@@ -1,7 +1,13 @@
 """swift_bridge/ checked without a Swift toolchain (Core ML builds only on macOS): the package pins the
-same ml-stable-diffusion commit as the installer, names the product the engine looks for, and its
-sources handle every request type of the worker protocol and write only what the schema allows.
-Building and running it is the live conformance suite's job (tests/conformance on a Mac)."""
+same ml-stable-diffusion commit as the installer, names the product the engine looks for, its sources
+handle every request type of the worker protocol and write only what the schema allows, and the fixes
+made against Apple's library (swift_bridge/README.md, "Where this follows the library") are in place.
+
+Why reading the source is the strongest check possible here: no machine that runs this suite has a
+Swift compiler or Core ML, so the worker can be neither built nor run; its behaviour is the live
+conformance suite's job (`kitty-coreml selftest --live`, tests/conformance on a Mac). What can be
+proved here is that each guard exists, where it must sit (before the call that would crash, before the
+write that must not happen), so that removing or reordering one fails a test."""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kitty_coreml.engines.protocol import ERROR_CODES, REQUEST_TYPES, load_schema
-from kitty_coreml.install.toolchain import ML_SD_COMMIT, WORKER_PRODUCT
+from kitty_coreml.install.toolchain import ML_SD_COMMIT, WORKER_PRODUCT, swift_too_old
 from kitty_coreml.settings import Settings
 
 BRIDGE = Path(__file__).resolve().parent.parent / "swift_bridge"
@@ -132,3 +138,103 @@ def test_images_are_named_as_the_protocol_says_and_renamed_into_place():
     assert '"image_\\(index).png"' in SWIFT
     assert '".image_\\(index).png.partial"' in SWIFT
     assert "rename(partialPath, finalPath)" in SWIFT
+
+
+def _body(signature: str) -> str:
+    """The braces-balanced body of the first declaration starting with `signature` (strings ignored)."""
+    start = SWIFT.index(signature)
+    opening = SWIFT.index("{", start)
+    depth, in_string, index = 0, False, opening
+    while index < len(SWIFT):
+        char = SWIFT[index]
+        if in_string:
+            if char == "\\":
+                index += 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return SWIFT[opening:index + 1]
+        index += 1
+    raise AssertionError(f"unbalanced body after {signature!r}")
+
+
+def _in_order(text: str, *parts: str) -> None:
+    at = -1
+    for part in parts:
+        found = text.find(part, at + 1)
+        assert found > at, f"{part!r} missing or out of order in:\n{text[:400]}"
+        at = found
+
+
+def test_item1_sd3_img2img_is_refused_and_not_advertised():
+    generate = _body("func generate(")
+    _in_order(generate, "if let inputImage {", 'guard family != "sd3" else {', 'RequestFailed("unsupported"',
+              "configuration.startingImage = image", "model.pipeline.generateImages(")
+    load = _body("func load(")
+    assert 'let img2img = resources.hasEncoder && key.family != "sd3"' in load
+    _in_order(load, '"has_encoder": img2img', "hasEncoder: img2img")
+    assert '"has_encoder": resources.hasEncoder' not in SWIFT
+
+
+def test_item2_guidance_below_one_on_a_batch_two_unet_is_refused_before_generating():
+    generate = _body("func generate(")
+    _in_order(generate, 'if family == "sd", configuration.guidanceScale < 1, let batch = model.unetBatch, batch >= 2 {',
+              'RequestFailed("unsupported", "guidance:', "takes batch \\(batch)", "model.pipeline.generateImages(")
+    assert "let unetBatch: Int? = family == \"sd3\" ? nil : shape[0]" in _body("func inspectResources(")
+
+
+def test_item3_no_progress_after_the_stop_flag_and_no_wait_at_end_of_input_unless_generating():
+    progress = _body("func sendProgress(")
+    _in_order(progress, "lock.lock()", "if job.stopped { return false }", "writer.send(message)")
+    handler = SWIFT[SWIFT.index("model.pipeline.generateImages(configuration: configuration) { progress in"):]
+    handler = handler[:handler.index("\n            }")]
+    assert "sendProgress(job," in handler and "writer.send" not in handler
+    serve = _body("func serve()")
+    end = serve[serve.index("})"):]  # after readLines returns: end of stdin
+    _in_order(end, "lock.lock()", "inputEnded = true", "let running = pendingGenerate?.started == true",
+              "pendingGenerate?.stopped = true", "lock.unlock()", "if running { requests.sync {} }", "finish(0)")
+    assert end.count("requests.sync") == 1
+    _in_order(_body("func run("), "lock.lock()", "job.started = true", "lock.unlock()", "autoreleasepool")
+
+
+def test_item4_library_prints_reach_stderr_and_every_exit_flushes():
+    main = SWIFT[SWIFT.index("let protocolDescriptor = dup(STDOUT_FILENO)"):]
+    _in_order(main, "dup2(STDERR_FILENO, STDOUT_FILENO)", "setvbuf(stdout, nil, _IOLBF, 0)", "Worker(writer:")
+    assert "FileHandle" not in SWIFT.replace("/// Writes one line to stderr with C stdio: FileHandle.write", "")
+    _in_order(_body("func logLine("), "fputs(", "stderr)")
+    _in_order(_body("func finish("), "fflush(nil)", "_exit(status)")
+    calls = re.findall(r"(?<![\w.])(_?exit)\(", SWIFT)
+    assert calls == ["_exit"], calls  # the one in finish(); everything else leaves through finish()
+
+
+def test_items5_and_6_cancelled_reduce_memory_unloads_and_requests_run_in_autorelease_pools():
+    generate = _body("func generate(")
+    _in_order(generate, "if images.isEmpty && isStopped(job) {", "if model.key.reduceMemory { model.pipeline.unloadResources() }",
+              'RequestFailed("cancelled"')
+    assert "autoreleasepool {" in _body("func serve()")
+    assert "autoreleasepool { () -> Message in" in _body("func run(")
+
+
+def test_item7_input_images_are_drawn_upright_as_nsimage_does():
+    upright = _body("func uprightImage(")
+    _in_order(upright, "kCGImagePropertyOrientation", "guard orientation != 1", "kCGImageSourceCreateThumbnailWithTransform: true",
+              "CGImageSourceCreateThumbnailAtIndex")
+    assert "guard let image = uprightImage(inputImage)" in _body("func generate(")
+
+
+@pytest.mark.parametrize(("output", "problem"), [
+    ("swift-driver version: 1.75.2 Apple Swift version 5.8.1 (swiftlang-5.8.0.124.5 clang-1403.0.22.11.100)\n"
+     "Target: arm64-apple-macosx13.0", "Swift 5.8 is too old"),
+    ("Apple Swift version 5.9.2 (swiftlang-5.9.2.2.56 clang-1500.1.0.2.5)\nTarget: arm64-apple-macosx14.0", None),
+    ("swift-driver version: 1.115 Apple Swift version 6.0.3 (swiftlang-6.0.3.1.10 clang-1600.0.30.1)", None),
+    ("no version here", None),
+])
+def test_item8_swift_older_than_xcode_15_is_named(output, problem):
+    found = swift_too_old(output)
+    assert (found is None) if problem is None else (found.startswith(problem) and "Xcode 15" in found)

@@ -93,6 +93,8 @@ def generate(
                                                                 "instead of generating here."),
     wait: bool = typer.Option(False, "--wait", help="With --server: follow the job with the progress bar until "
                                                     "its images are stored."),
+    cold: bool = typer.Option(False, "--cold", help="Generate in this process even when a `kitty-coreml serve` "
+                                                    "of this home is running (by default its warm engine serves)."),
 ) -> None:
     """Generate images from a prompt and store them (local folder, or S3 when S3_BUCKET is set).
 
@@ -124,13 +126,19 @@ def generate(
             return
         from ..orchestrator import generate as run
         from ..progress import ProgressPrinter
+        from ..service.local import generate_warm
 
         terminate_as_cancel()
         progress = ProgressPrinter(settings.progress)
         try:
-            result = run(request, settings, on_progress=progress).to_dict()
+            served = None if cold else generate_warm(request, settings, on_progress=progress)
+            result = served[0] if served else run(request, settings, on_progress=progress).to_dict()
         finally:
             progress.close()
+        result["servedBy"] = {"warm": served is not None, "url": served[1] if served else None}
+        if not as_json:
+            typer.echo(f"served warm by kitty-coreml serve at {served[1]} (engine {result['engine']})" if served
+                       else f"served cold by the {result['engine']} engine", err=True)
     except PublishPending as exc:
         result = exc.details["result"]
         print_json(result) if as_json else print_result(result)

@@ -34,8 +34,9 @@ def install(
     if verify and dry_run:
         raise InstallError("--verify and --dry-run: choose one")
     settings = load_settings()
-    manifest_path = StudioSettings.from_env().manifest_path
-    plan = runner.build_plan(settings, model or None, manifest_path=manifest_path, strict=not dry_run)
+    studio = StudioSettings.from_env()
+    plan = runner.build_plan(settings, model or None, manifest_path=studio.manifest_path, strict=not dry_run,
+                             user_home=studio.user_home)
     if dry_run:
         report = runner.dry_run(plan)
     elif verify:
@@ -73,7 +74,8 @@ def format_report(report: dict) -> str:
             lines.append(f"       $ {' '.join(argv)}")
         if "repo" in plan and "file" in plan:
             lines.append(f"       {plan['repo']}@{plan['revision']} {plan['file']} "
-                         f"({plan['size_bytes'] / 1e9:.2f} GB, sha256 {plan['sha256'] or 'from the hub'})")
+                         f"({plan['size_bytes'] / 1e9:.2f} GB, sha256 {plan['sha256'] or 'from the hub'})"
+                         + (f"; {plan['pin']}" if plan.get("pin", "verified") != "verified" else ""))
     if report["action"] == "verify":
         lines.append("verified: everything is in place" if report["ok"] else
                      f"broken: {len(report['problems'])} problem(s)")

@@ -81,7 +81,12 @@ def serve(
     sys.stderr.flush()
     config = uvicorn.Config(application, log_level="warning", access_log=False, limit_concurrency=1024,
                             timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+    from ..service.local import announced
+
+    # Local callers (the Studio provider, `generate`) find this service through HOME/service.json.
+    loopback = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, where)
+    with announced(settings, f"http://{loopback}:{bound}"):
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 @app.command()

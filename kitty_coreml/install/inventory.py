@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import KittyError
 from ..models import Registry, model_from_folder
 from ..settings import Settings
-from .catalog import load_catalog
+from .catalog import load_catalog, pin_note
 
 __all__ = ["list_models", "format_models"]
 
@@ -62,7 +62,7 @@ def list_models(settings: Settings) -> dict[str, Any]:
     available = [{"name": e.name, "repo": e.repo, "file": e.filename, "revision": e.revision,
                   "size_bytes": e.size_bytes, "sha256": e.sha256, "family": e.family,
                   "native_size": f"{e.width}x{e.height}", "attention": e.attention, "format": "coreml",
-                  "description": e.description, "installed": e.name in names}
+                  "description": e.description, "installed": e.name in names, "pin": pin_note(e) or "verified"}
                  for e in catalog.values()]
     available.append({**_SMOKE, "installed": "smoke" in names})
     downloads = settings.home / "downloads"
@@ -90,7 +90,8 @@ def format_models(report: dict[str, Any]) -> str:
     for a in report["available"]:
         mark = "installed" if a["installed"] else _size(a["size_bytes"]) if a["size_bytes"] else "local"
         source = f"{a['repo']}@{a['revision'][:12]}" if a["repo"] else "created locally"
-        lines.append(f"  {a['name']:<18} {a['native_size']:<10} {mark:>9}  {source}  {a['description']}")
+        pin = f"  ({a['pin']})" if a.get("pin", "verified") != "verified" else ""
+        lines.append(f"  {a['name']:<18} {a['native_size']:<10} {mark:>9}  {source}  {a['description']}{pin}")
     for p in report["partial_downloads"]:
         lines.append(f"  partial download: {p['file']} ({_size(p['bytes'])}; `kitty-coreml install` resumes it)")
     lines.append(f"Disk use: {_size(report['disk_bytes'])}  (* = default)")

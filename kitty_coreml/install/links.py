@@ -6,6 +6,7 @@ file that is not one of our launchers is never overwritten."""
 from __future__ import annotations
 
 import os
+import platform
 import shlex
 import sys
 from pathlib import Path
@@ -16,25 +17,48 @@ from ..settings import Settings
 from .progress import Reporter
 from .step import Step, read_json, write_json
 
-__all__ = ["LinkStep", "COMMANDS", "choose_link_dir"]
+__all__ = ["LinkStep", "COMMANDS", "HOST_SEARCHED", "HOST_LINKABLE", "choose_link_dir", "host_link_commands"]
 
 COMMANDS = ("kitty-coreml", "systemsculpt-local-imagegen")
 _PREFERRED = (Path.home() / ".local" / "bin", Path("/opt/homebrew/bin"), Path("/usr/local/bin"))
+HOST_SEARCHED = (Path("/opt/homebrew/bin"), Path("/usr/local/bin"), Path("/usr/bin"), Path("/bin"),
+                 Path("/opt/local/bin"))
+"""The folders the Studio host adds to PATH (src/studio/StudioSandboxRunner.ts): an Obsidian started from
+the Dock has no shell PATH, so a command only in ~/.local/bin is not found."""
+HOST_LINKABLE = HOST_SEARCHED[:2]
+"""Of those, where an install may link (Homebrew's folders; the others belong to the system)."""
 
 
-def choose_link_dir(settings: Settings) -> Path | None:
-    """KITTY_COREML_LINK_DIR (`none`: no links); else the folder the last install used; else the first
-    writable of ~/.local/bin, /opt/homebrew/bin, /usr/local/bin on PATH; else ~/.local/bin."""
+def choose_link_dir(settings: Settings, *, system: str | None = None,
+                    host_folders: tuple[Path, ...] = HOST_LINKABLE) -> Path | None:
+    """KITTY_COREML_LINK_DIR (`none`: no links); else the folder the last install used; on macOS the first
+    writable of /opt/homebrew/bin, /usr/local/bin (the Studio host searches them, on PATH or not); else the
+    first writable of ~/.local/bin, /opt/homebrew/bin, /usr/local/bin on PATH; else ~/.local/bin."""
     if settings.link_dir is not None:
         return None if str(settings.link_dir) == "none" else settings.link_dir.absolute()
     chosen = (read_json(_state_path(settings)) or {}).get("link_dir")
     if isinstance(chosen, str):
         return None if chosen == "none" else Path(chosen)  # where the last install linked them
+    if (system or platform.system()) == "Darwin":
+        for folder in host_folders:
+            if folder.is_dir() and os.access(folder, os.W_OK):
+                return folder
     on_path = {p.expanduser().absolute() for p in settings.search_path}
     for folder in _PREFERRED:
         if folder in on_path and folder.is_dir() and os.access(folder, os.W_OK):
             return folder
     return _PREFERRED[0]
+
+
+def host_link_commands(link_dir: Path | None, bin_dir: Path, host_folders: tuple[Path, ...] = HOST_SEARCHED,
+                       target: Path = HOST_LINKABLE[1]) -> list[str]:
+    """The exact commands that make systemsculpt-local-imagegen findable by the Studio host, when the
+    links went elsewhere; [] when the host finds it already."""
+    if link_dir is not None and link_dir.absolute() in host_folders:
+        return []
+    command = "systemsculpt-local-imagegen"
+    return [f"sudo mkdir -p {shlex.quote(str(target))}",
+            f"sudo ln -sf {shlex.quote(str(bin_dir / command))} {shlex.quote(str(target / command))}"]
 
 
 def _state_path(settings: Settings) -> Path:
@@ -90,9 +114,12 @@ class LinkStep(Step):
     name = "links"
     title = "link the commands"
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, system: str | None = None,
+                 host_folders: tuple[Path, ...] = HOST_LINKABLE):
         self.settings = settings
-        self.link_dir = choose_link_dir(settings)
+        self.system = system or platform.system()
+        self.link_dir = choose_link_dir(settings, system=self.system, host_folders=host_folders)
+        self.host_folders = (*host_folders, *HOST_SEARCHED)
 
     def launchers(self) -> list[tuple[Path, str]]:
         """(launcher path, its content) per command."""
@@ -126,7 +153,12 @@ class LinkStep(Step):
         return {"launchers": [str(path) for path, _ in self.launchers()],
                 "links": [{"link": str(link), "target": str(target)} for link, target in self.pairs()],
                 "link_dir": str(self.link_dir) if self.link_dir else None,
-                "link_dir_on_path": self._on_path()}
+                "link_dir_on_path": self._on_path(), "studio_host_commands": self._host_commands()}
+
+    def _host_commands(self) -> list[str]:
+        if self.system != "Darwin":
+            return []  # the Studio host runs only on macOS
+        return host_link_commands(self.link_dir, self.settings.bin_dir, self.host_folders)
 
     def _on_path(self) -> bool:
         return self.link_dir is None or self.link_dir in {p.expanduser().absolute() for p in self.settings.search_path}
@@ -167,5 +199,10 @@ class LinkStep(Step):
         if not self._on_path():
             reporter.line(f"note: {self.link_dir} is not on PATH; add it to your shell profile "
                           f"(export PATH=\"{self.link_dir}:$PATH\")")
+        commands = self._host_commands()
+        if commands:
+            reporter.line(f"note: the Studio host (Obsidian started from the Dock) looks for commands only in "
+                          f"{', '.join(str(p) for p in HOST_SEARCHED)}; to use systemsculpt-local-imagegen from "
+                          f"Studio, run: {' && '.join(commands)}")
         where = f" and {self.link_dir}" if self.link_dir else ""
         return f"commands linked in {self.settings.bin_dir}{where}"

@@ -1,10 +1,13 @@
 """One catalog model: the pinned archive downloaded (resumable, verified), extracted into a temporary
 folder, validated with resources.py, renamed into settings.models_dir/NAME, registered in the model
 registry and mapped in the Studio manifest. A receipt in the folder lists every file and its size, so
---verify names a file that went missing without hashing gigabytes."""
+--verify names a file that went missing without hashing gigabytes. An entry whose pin is unverified
+(install/catalog.py) gets the commit and sha256 the first install got recorded in HOME/pins.json; later
+downloads must match them and --verify holds the installed folder to them."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import zipfile
@@ -15,6 +18,7 @@ from ..errors import InstallError, KittyError
 from ..models import CatalogEntry, Registry, model_from_folder
 from ..resources import inspect_resources, looks_like_coreml
 from ..settings import Settings
+from .catalog import pin_note, pins_path, record_pin, recorded_pin
 from .download import ChecksumMismatch, fetch_archive, resolve_remote
 from .progress import Reporter
 from .step import Step, clear_stale, read_json, remove_tree, sha256_file, write_json
@@ -140,17 +144,33 @@ class ModelStep(Step):
                 if not any(name.split(" ")[0] in problem for problem in out)]
         return out
 
+    def _pin_problems(self) -> list[str]:
+        """An unverified pin: the folder must hold the commit and sha256 recorded when it was installed."""
+        if pin_note(self.entry) is None:
+            return []
+        pin = recorded_pin(self.settings, self.entry)
+        if pin is None:
+            return [f"{self.entry.name} has an unverified pin and no recorded commit and sha256 in "
+                    f"{pins_path(self.settings)}"]
+        receipt = self._receipt() or {}
+        got, recorded = (receipt.get("commit"), receipt.get("sha256")), (pin["commit"], pin["sha256"])
+        if got != recorded:
+            return [f"{self.target} holds commit {got[0]} (sha256 {got[1]}), not the recorded commit "
+                    f"{recorded[0]} (sha256 {recorded[1]})"]
+        return []
+
     def problems(self) -> list[str]:
         out = self._folder_problems()
         if out:
             return out
-        return registry_problems(self.settings, self.entry.name, self.target) + \
+        return self._pin_problems() + registry_problems(self.settings, self.entry.name, self.target) + \
             manifest_problems(self.manifest_path, self.target)
 
     def plan(self) -> dict[str, Any]:
         e = self.entry
         return {"model": e.name, "repo": e.repo, "revision": e.revision, "file": e.filename,
-                "size_bytes": e.size_bytes, "sha256": e.sha256, "family": e.family,
+                "size_bytes": e.size_bytes, "sha256": e.sha256, "pin": pin_note(e) or "verified",
+                "recorded": recorded_pin(self.settings, e), "family": e.family,
                 "native_size": f"{e.width}x{e.height}", "attention": e.attention,
                 "url": f"https://huggingface.co/{e.repo}/resolve/{e.revision}/{e.filename}",
                 "installs": str(self.target)}
@@ -158,6 +178,15 @@ class ModelStep(Step):
     def run(self, reporter: Reporter) -> str:
         if self._folder_problems():
             self._fetch_and_extract(reporter)
+        elif pin_note(self.entry) and recorded_pin(self.settings, self.entry) is None:
+            # installed before pins were recorded: the receipt holds what that verified download got
+            receipt = self._receipt() or {}
+            record_pin(self.settings, self.entry, commit=str(receipt.get("commit")),
+                       sha256=str(receipt.get("sha256")), size=int(receipt.get("size") or 0))
+        pin_problems = self._pin_problems()
+        if pin_problems:
+            raise InstallError(pin_problems[0], hint=f"delete {self.target} and run `kitty-coreml install` to fetch "
+                                                     "the recorded archive again")
         model = model_from_folder(self.target, self.entry.name)
         if registry_problems(self.settings, self.entry.name, self.target):
             Registry(self.settings.registry_path).register(model)
@@ -167,7 +196,10 @@ class ModelStep(Step):
     def _fetch_and_extract(self, reporter: Reporter) -> None:
         self.settings.models_dir.mkdir(parents=True, exist_ok=True)
         clear_stale(self.settings.models_dir, f".{self.entry.name}.tmp-")
-        remote = resolve_remote(self.entry)
+        pin = recorded_pin(self.settings, self.entry) if pin_note(self.entry) else None
+        # a recorded pin is the pin from then on: the same commit, the same bytes
+        remote = resolve_remote(dataclasses.replace(self.entry, revision=pin["commit"], sha256=pin["sha256"])
+                                if pin else self.entry)
         if self.archive.exists():
             if sha256_file(self.archive, reporter, f"checking {self.entry.filename}") != remote.sha256:
                 reporter.line(f"{self.archive} is corrupt (sha256 differs): deleted, fetching it again")
@@ -198,6 +230,8 @@ class ModelStep(Step):
             if self.target.exists():
                 os.replace(self.target, staging / "replaced")
             os.replace(root, self.target)
+            if pin_note(self.entry) and pin is None:
+                record_pin(self.settings, self.entry, commit=remote.commit, sha256=remote.sha256, size=remote.size)
         finally:
             remove_tree(staging)
         self.archive.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from .modelstep import ModelStep
 from .portable import DiffusersExtraStep, SmokeModelStep
 from .progress import Reporter
 from .step import Step
+from .studio_import import StudioImportStep, importable
 from .toolchain import CloneStep, SampleBuildStep, WorkerBuildStep
 
 __all__ = ["InstallPlan", "build_plan", "run_install", "verify_install", "dry_run", "DEFAULT_COREML_MODEL",
@@ -40,7 +41,7 @@ class InstallPlan:
 
 
 def build_plan(settings: Settings, models: list[str] | None, *, manifest_path: Path,
-               host: Host | None = None, strict: bool = True) -> InstallPlan:
+               host: Host | None = None, strict: bool = True, user_home: Path | None = None) -> InstallPlan:
     """The steps for `models` (default: sd21-palettized where Core ML runs, else the smoke model).
     strict: a model that cannot run here is an error (a dry run shows it as not applicable instead)."""
     host = host or detect_host()
@@ -58,7 +59,13 @@ def build_plan(settings: Settings, models: list[str] | None, *, manifest_path: P
                                 "to download it anyway")
     for step in (CloneStep(settings), SampleBuildStep(settings), WorkerBuildStep(settings)):
         plan.steps.append(_Planned(step, no_coreml or step.not_applicable()))
+    # What the original Studio installer left under user_home is registered instead of downloaded again.
+    imported = importable(user_home) if user_home is not None else {}
+    if imported:
+        plan.steps.append(_Planned(StudioImportStep(settings, manifest_path, imported), no_coreml))
     for entry in coreml_models:
+        if entry.name in imported:
+            continue
         reason = no_coreml or (sdxl_reason(settings, host) if entry.family == "sdxl" else None)
         if strict and reason and no_coreml is None:
             raise InstallError(f"{entry.name} cannot run here: {reason}", hint="choose sd21-palettized or sd15-palettized")

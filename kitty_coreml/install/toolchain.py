@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,13 +16,26 @@ from ..settings import ML_SD_COMMIT, Settings
 from .progress import Reporter
 from .step import Step, capture, clear_stale, read_json, remove_tree, run_program, sha256_file, write_json
 
-__all__ = ["ML_SD_COMMIT", "SAMPLE_PRODUCT", "WORKER_PRODUCT", "clone_dir", "swift_bridge_dir",
-           "CloneStep", "SampleBuildStep", "WorkerBuildStep"]
+__all__ = ["ML_SD_COMMIT", "SAMPLE_PRODUCT", "WORKER_PRODUCT", "MIN_SWIFT", "clone_dir", "swift_bridge_dir",
+           "swift_too_old", "CloneStep", "SampleBuildStep", "WorkerBuildStep"]
 
 """The pinned commit (settings.ml_sd_commit defaults to it)."""
 SAMPLE_PRODUCT = "StableDiffusionSample"
 WORKER_PRODUCT = "kitty-coreml-worker"
-_SWIFT_HINT = "install the Xcode command line tools (`xcode-select --install`) or Xcode 14.3+"
+_SWIFT_HINT = "install Xcode 15 or later, or its command line tools (`xcode-select --install`)"
+MIN_SWIFT = (5, 9)
+"""Xcode 15's Swift: ml-stable-diffusion 1.0.0 and later do not build with Xcode 14 (its issue #199)."""
+_SWIFT_VERSION = re.compile(r"Swift version (\d+)\.(\d+)")
+
+
+def swift_too_old(version_output: str) -> str | None:
+    """Why the Swift that printed `version_output` (`swift --version`) cannot build the pinned library,
+    or None when it can or the text names no version (the build then speaks for itself)."""
+    found = _SWIFT_VERSION.search(version_output)
+    if found is None or (int(found.group(1)), int(found.group(2))) >= MIN_SWIFT:
+        return None
+    return (f"Swift {found.group(1)}.{found.group(2)} is too old: ml-stable-diffusion at the pinned commit needs "
+            f"Xcode 15 or later (Swift {MIN_SWIFT[0]}.{MIN_SWIFT[1]}+)")
 
 
 def clone_dir(settings: Settings) -> Path:
@@ -163,8 +177,16 @@ class _BuildStep(Step):
         package = self.package_dir()
         if package is None or not package.is_dir():
             raise InstallError(f"cannot build {self.product}: its Swift package is not at {package}")
-        run_program(self.build_argv(), label=f"swift build {self.product}", reporter=reporter, cwd=package,
-                    hint=_SWIFT_HINT)
+        try:
+            run_program(self.build_argv(), label=f"swift build {self.product}", reporter=reporter, cwd=package,
+                        hint=_SWIFT_HINT)
+        except InstallError:
+            # Xcode 14 fails inside the library's sources: say why rather than quote a compiler error
+            status, version = capture(["swift", "--version"])
+            too_old = swift_too_old(version) if status == 0 else None
+            if too_old:
+                raise InstallError(f"swift build {self.product} failed: {too_old}", hint=_SWIFT_HINT) from None
+            raise
         built_dir = package / ".build" / "release"
         built = built_dir / self.product
         if not built.is_file():

@@ -56,9 +56,9 @@ class CatalogEntry:
 # Pinned archives of Apple's converted models. The sha256 pins the content; `kitty-coreml install` also
 # checks it against the hub's LFS hash and refuses a download that differs. size_bytes is exact where the
 # sha256 is known from a full download, otherwise rounded (the hub's size must lie within 1% of it).
-# Sources: the revisions and hashes of sd21/sd15/sdxl-mbp were found pinned in public projects that
-# download these archives; sdxl-base has no published pin yet (revision "main", no sha256): the installer
-# then records the commit and hash the hub reports.
+# Sources: the revisions and hashes of sd21/sd15 were found pinned in public projects that download these
+# archives; the sdxl revisions come from a public project's links to the repositories' trees, unconfirmed
+# against the hub (install/catalog.py says "unverified pin"; install records the commit and hash it got).
 CATALOG: dict[str, CatalogEntry] = {
     entry.name: entry
     for entry in (
@@ -76,11 +76,11 @@ CATALOG: dict[str, CatalogEntry] = {
                      "Stable Diffusion 1.5, 6-bit palettized, Neural Engine, with safety checker"),
         CatalogEntry("sdxl-base", "apple/coreml-stable-diffusion-xl-base",
                      "coreml-stable-diffusion-xl-base_original_compiled.zip",
-                     "main", 7_040_000_000, None, "sdxl", 1024, 1024, "original",
+                     "2027f2c8d5ced83ce5726ff66e00da53a9ef163d", 7_040_000_000, None, "sdxl", 1024, 1024, "original",
                      "Stable Diffusion XL base, float16, GPU (macOS 14+)"),
         CatalogEntry("sdxl-mbp", "apple/coreml-stable-diffusion-mixed-bit-palettization",
                      "coreml-stable-diffusion-mixed-bit-palettization_original_compiled.zip",
-                     "main", 6_711_666_087,
+                     "959bf38cbad66f1105a84190cd12434ba815e724", 6_711_666_087,
                      "a00f335d990588c97c347d97f7e92080f8cb23342c454f4a4d853a59bea1e2b5",
                      "sdxl", 1024, 1024, "original",
                      "Stable Diffusion XL base, 4.5-bit mixed palettization, GPU (macOS 14+)"),

@@ -74,14 +74,22 @@ class ServiceClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/api/images/jobs/{job_id}")
 
+    def image(self, key: str) -> bytes:
+        """The PNG of a key (GET /api/images/file/KEY: the local store's file, or S3 through a redirect)."""
+        from urllib.parse import quote
+
+        with self._open("GET", f"/api/images/file/{quote(key)}") as response:
+            return response.read()
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/api/images/jobs/{job_id}/cancel")
 
-    def events(self, job_id: str) -> Iterator[tuple[str, Any]]:
-        """(event, data) pairs of the job's event stream, until its final event. _NoEventStream when the
-        service has no stream for a job it knows."""
+    def events(self, job_id: str, *, timeout: float = 3600) -> Iterator[tuple[str, Any]]:
+        """(event, data) pairs of the job's event stream, until its final event; a stream quiet for
+        `timeout` seconds raises TimeoutError. _NoEventStream when the service has no stream for a job
+        it knows."""
         try:
-            opened = self._open("GET", f"/api/images/jobs/{job_id}/events", timeout=3600)
+            opened = self._open("GET", f"/api/images/jobs/{job_id}/events", timeout=timeout)
         except ServiceError as exc:
             if (exc.details or {}).get("status") != 404:
                 raise

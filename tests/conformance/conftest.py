@@ -1,6 +1,7 @@
 """The conformance suite runs against every worker there is here: the diffusers worker with the smoke
-model always; on a Mac with KITTY_COREML_LIVE=1 also the Swift worker (KITTY_COREML_WORKER_BIN) on the
-Core ML resource folder in KITTY_COREML_RESOURCE_PATH."""
+model and the double of the Swift worker (tests/fakes/coreml_worker.py, on a fake resource folder)
+always; on a Mac with KITTY_COREML_LIVE=1 also the Swift worker (KITTY_COREML_WORKER_BIN) on the Core ML
+resource folder in KITTY_COREML_RESOURCE_PATH."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import sys
 import pytest
 
 from tests.conformance.harness import WorkerSession, WorkerTarget, smoke_model_path
+from tests.fakes import FAKE_WORKER_SCRIPT, make_resources
 from kitty_coreml.settings import Settings
 
 
 def _targets() -> list[str]:
     settings = Settings.from_env()
-    names = ["diffusers"]
+    names = ["diffusers", "coreml-double"]
     if settings.live and settings.worker_bin is not None:
         names.append("coreml")
     return names
@@ -25,6 +27,11 @@ def target(request, tmp_path_factory) -> WorkerTarget:
     if request.param == "diffusers":
         return WorkerTarget("diffusers", [sys.executable, "-m", "kitty_coreml.engines.diffusers_worker"],
                             smoke_model_path(tmp_path_factory.getbasetemp()), "cpuOnly", steps=150)
+    if request.param == "coreml-double":
+        # a step takes 10 ms, so a cancel sent after the first progress event lands mid-run
+        argv = ["env", "FAKE_SD_STEP_DELAY=0.01", sys.executable, str(FAKE_WORKER_SCRIPT)]
+        model = make_resources(tmp_path_factory.mktemp("coreml-double") / "sd", width=64, height=64, encoder=True)
+        return WorkerTarget("coreml-double", argv, model, "cpuAndGPU", steps=150)
     settings = Settings.from_env()
     if settings.resource_path is None:
         pytest.fail("KITTY_COREML_LIVE=1 with a worker binary needs KITTY_COREML_RESOURCE_PATH (a Core ML model)")

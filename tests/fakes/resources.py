@@ -85,12 +85,13 @@ def text_encoder_outputs(hidden, xl_style):
 
 
 def make_resources(path: Path, *, family="sd", width=512, height=512, attention="split_einsum",
-                   encoder=False, safety=False, chunked=False, omit=()) -> Path:
+                   encoder=False, safety=False, chunked=False, unet_batch=2, omit=()) -> Path:
     """Create a compiled resource folder at `path` and return it.
 
     family: "sd" (1.x/2.x), "sdxl" or "sd3". width/height: the image size the models were
     converted for (multiples of 8). encoder: add VAEEncoder.mlmodelc (img2img). safety: add
-    SafetyChecker.mlmodelc. chunked: UnetChunk1/UnetChunk2 instead of Unet. omit: names,
+    SafetyChecker.mlmodelc. chunked: UnetChunk1/UnetChunk2 instead of Unet. unet_batch: the batch
+    the Unet (SD, SDXL) was converted with: 2 is what torch2coreml writes, 1 a single-latent Unet. omit: names,
     relative to `path`, of files or folders to leave out (e.g. "vocab.json", "Unet.mlmodelc").
     """
     if family not in FAMILIES:
@@ -103,6 +104,7 @@ def make_resources(path: Path, *, family="sd", width=512, height=512, attention=
     folder.mkdir(parents=True, exist_ok=True)
     latent_h, latent_w = height // 8, width // 8
     channels = 16 if family == "sd3" else 4
+    batch = unet_batch
 
     def model(name, inputs, outputs, uses_attention=True, description=""):
         write_model(folder, name, inputs, outputs, attention=attention,
@@ -111,17 +113,17 @@ def make_resources(path: Path, *, family="sd", width=512, height=512, attention=
     image = [tensor("image", [1, 3, height, width], description="Generated image")]
     if family == "sd":
         model("TextEncoder", [tensor("input_ids", [1, 77])], text_encoder_outputs(768, False))
-        unet_inputs = [tensor("sample", [2, 4, latent_h, latent_w], "Float16"),
-                       tensor("timestep", [2], "Float16"),
-                       tensor("encoder_hidden_states", [2, 768, 1, 77], "Float16")]
+        unet_inputs = [tensor("sample", [batch, 4, latent_h, latent_w], "Float16"),
+                       tensor("timestep", [batch], "Float16"),
+                       tensor("encoder_hidden_states", [batch, 768, 1, 77], "Float16")]
     elif family == "sdxl":
         model("TextEncoder", [tensor("input_ids", [1, 77])], text_encoder_outputs(768, True))
         model("TextEncoder2", [tensor("input_ids", [1, 77])], text_encoder_outputs(1280, True))
-        unet_inputs = [tensor("sample", [2, 4, latent_h, latent_w], "Float16"),
-                       tensor("timestep", [2], "Float16"),
-                       tensor("encoder_hidden_states", [2, 2048, 1, 77], "Float16"),
-                       tensor("time_ids", [2, 6], "Float16"),
-                       tensor("text_embeds", [2, 1280], "Float16")]
+        unet_inputs = [tensor("sample", [batch, 4, latent_h, latent_w], "Float16"),
+                       tensor("timestep", [batch], "Float16"),
+                       tensor("encoder_hidden_states", [batch, 2048, 1, 77], "Float16"),
+                       tensor("time_ids", [batch, 6], "Float16"),
+                       tensor("text_embeds", [batch, 1280], "Float16")]
     else:
         model("TextEncoder", [tensor("input_ids", [1, 77])], text_encoder_outputs(768, True))
         model("TextEncoder2", [tensor("input_ids", [1, 77])], text_encoder_outputs(1280, True))
@@ -133,10 +135,10 @@ def make_resources(path: Path, *, family="sd", width=512, height=512, attention=
               [tensor("denoiser_output", [2, 16, latent_h, latent_w], "Float16")])
         unet_inputs = None
     if unet_inputs is not None:
-        noise = [tensor("noise_pred", [2, 4, latent_h, latent_w], "Float16")]
+        noise = [tensor("noise_pred", [batch, 4, latent_h, latent_w], "Float16")]
         if chunked:
-            model("UnetChunk1", unet_inputs, [tensor("input_blocks_out", [2, 1280, latent_h // 8, latent_w // 8], "Float16")])
-            model("UnetChunk2", [tensor("input_blocks_out", [2, 1280, latent_h // 8, latent_w // 8], "Float16"),
+            model("UnetChunk1", unet_inputs, [tensor("input_blocks_out", [batch, 1280, latent_h // 8, latent_w // 8], "Float16")])
+            model("UnetChunk2", [tensor("input_blocks_out", [batch, 1280, latent_h // 8, latent_w // 8], "Float16"),
                                  *unet_inputs[1:]], noise)
         else:
             model("Unet", unet_inputs, noise)

@@ -17,6 +17,7 @@ Knobs (environment variables, all optional):
   FAKE_SD_ARGV_LOG        a file path: append {"argv", "cwd", "pid"} as one JSON line
   FAKE_SD_PID_FILE        a file path: write this process's pid there
   FAKE_SD_FAIL            after loading, print `Error: <value>` and exit 1
+  FAKE_SD_INPUT_COPY      a file path: copy the --image file there, as the binary read it
 """
 
 import json
@@ -704,6 +705,19 @@ def image_to_image_start(options, timestep_count):
     return start
 
 
+def check_unet_batch(options, pipeline):
+    """StableDiffusionPipeline below guidance 1 feeds the Unet one latent (StableDiffusionPipeline.swift:
+    267-294); a Unet converted with batch 2 refuses it at the first prediction, an NSError that run()
+    rethrows. SDXL and SD3 always send the pair."""
+    if options.xl or options.sd3 or options.guidance_scale >= 1.0:
+        return
+    expected = input_shape(pipeline.denoiser[0], "sample")
+    if expected and expected[0] >= 2:
+        sent = [1, *expected[1:]]
+        runtime_error(f"MultiArray shape ({' x '.join(map(str, sent))}) does not match the shape "
+                      f"({' x '.join(map(str, expected))}) specified in the model description")
+
+
 def int_from_float(value):
     if value != value or abs(value) == float("inf"):
         swift_fatal_error("Float value cannot be converted to Int because it is either infinite or NaN")
@@ -781,6 +795,9 @@ def run(options):
             runtime_error(run_error("resources", f"Starting image not found {url}, error: "
                                     f"{no_such_file_error(options.image)[1]}"))
         starting_image_size = image_size_of_file(data)
+        if os.environ.get("FAKE_SD_INPUT_COPY"):
+            with open(os.environ["FAKE_SD_INPUT_COPY"], "wb") as handle:
+                handle.write(data)
         if starting_image_size is None:
             inner = run_error("resources", f"Image not available {options.resource_path}")
             runtime_error(run_error("resources", f"Starting image not found {url}, error: {inner}"))
@@ -813,9 +830,12 @@ def run(options):
         encoder_shape = input_shape(pipeline.encoder)
         if [1, 3, starting_image_size[1], starting_image_size[0]] != encoder_shape:
             runtime_error("sampleInputShapeNotCorrect")
+        if options.sd3:  # addNoise (Scheduler.swift:89) reads DiscreteFlowScheduler's never-filled alphasCumProd
+            swift_fatal_error("Index out of range")
         first_step = image_to_image_start(options, timestep_count)
 
     width, height = pipeline.image_size()
+    check_unet_batch(options, pipeline)
     dropped = dropped_by_safety(options)
     step_total = timestep_count - first_step
     delay = float(os.environ.get("FAKE_SD_STEP_DELAY") or 0)

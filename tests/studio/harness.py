@@ -102,21 +102,20 @@ def mock_provider(tmp: Path) -> Provider:
 
 
 def live_provider(tmp: Path) -> Provider:
-    """The user's own setup: their environment, binary, models and manifest."""
+    """The user's own setup: their environment, binary, models and manifest, found as the provider finds
+    them (studio/discovery.py)."""
     from kitty_coreml.models import model_from_folder
-    from kitty_coreml.settings import StudioSettings
-    from kitty_coreml.studio import read_manifest
+    from kitty_coreml.settings import Settings, StudioSettings
+    from kitty_coreml.studio.discovery import report
 
-    studio = StudioSettings.from_env()
+    found = report(StudioSettings.from_env(), Settings.from_env())
     sizes: dict[str, tuple[int, int]] = {}
-    if studio.resource_path is not None:
-        model = model_from_folder(studio.resource_path)
-        sizes = {label: (model.width, model.height) for label, (w, h) in RATIO_SIZES.items()
-                 if w * model.height == h * model.width}
-    elif studio.manifest_path.is_file():
-        for label, entry in read_manifest(studio.manifest_path).ratios.items():
-            model = model_from_folder(entry.resource_path)
-            sizes[label] = (model.width, model.height)
+    for label, entry in found["ratios"].items():
+        if entry["path"]:
+            model = model_from_folder(Path(entry["path"]))
+            w, h = RATIO_SIZES[label]
+            if w * model.height == h * model.width:  # a RESOURCE_PATH override makes only its own ratio
+                sizes[label] = (model.width, model.height)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_SD_")}
     return Provider("live", env, tmp, sizes)
 
@@ -132,3 +131,67 @@ def option(argv: list[str], name: str) -> str | None:
     prefix = f"--{name}="
     values = [a[len(prefix):] for a in argv[: argv.index("--") if "--" in argv else len(argv)] if a.startswith(prefix)]
     return values[-1] if values else None
+
+
+ORIGINAL_SQUARE = ("coreml-stable-diffusion-2-1-base-palettized_split_einsum_v2_compiled/"
+                   "coreml-stable-diffusion-2-1-base-palettized_split_einsum_v2_compiled")
+ORIGINAL_RATIO_FOLDERS = {"4:3": "4x3-768x576", "3:4": "3x4-576x768", "16:9": "16x9-1024x576",
+                          "9:16": "9x16-576x1024"}
+ORIGINAL_PROFILE = "sd21-palettized-split-einsum-v2"
+
+
+def original_home(root: Path) -> Path:
+    """A home folder laid out exactly as the original installer (and its build-ratio-bundles.mjs) leaves
+    it: the binary in ~/gits/apps/ml-stable-diffusion/.build/release, the downloaded 1:1 bundle (split
+    einsum, with VAEEncoder, as the 2.1 zip holds) and the converted native-ratio bundles (ORIGINAL
+    attention, VAE encoder converted) under ~/.systemsculpt/local-image-models. It writes no manifest."""
+    home = root / "Users" / "studio-user"
+    release = home / "gits/apps/ml-stable-diffusion/.build/release"
+    release.mkdir(parents=True)
+    write_fake_binary(release)
+    models = home / ".systemsculpt/local-image-models"
+    make_resources(models / ORIGINAL_SQUARE, encoder=True)
+    for label, folder in ORIGINAL_RATIO_FOLDERS.items():
+        width, height = RATIO_SIZES[label]
+        make_resources(models / "native-ratios" / ORIGINAL_PROFILE / folder / "Resources", width=width,
+                       height=height, attention="original", encoder=True)
+    return home
+
+
+def original_bundle(home: Path, label: str) -> Path:
+    models = home / ".systemsculpt/local-image-models"
+    if label == "1:1":
+        return models / ORIGINAL_SQUARE
+    return models / "native-ratios" / ORIGINAL_PROFILE / ORIGINAL_RATIO_FOLDERS[label] / "Resources"
+
+
+def original_manifest(path: Path) -> Path:
+    """A manifest in the original's format (scripts/local-diffusion/model-manifest.json): ${HOME} paths,
+    ORIGINAL attention for the ratio bundles."""
+    ratios = {}
+    for label, (width, height) in RATIO_SIZES.items():
+        entry = {"width": width, "height": height, "latentWidth": width // 8, "latentHeight": height // 8,
+                 "resourcePath": str(original_bundle(Path("${HOME}"), label)),
+                 "source": "downloaded_compiled_bundle" if label == "1:1" else "converted_local"}
+        if label != "1:1":
+            entry["attentionImplementation"] = "ORIGINAL"
+        ratios[label] = entry
+    path.write_text(json.dumps({"schema": "studio.local-diffusion.model-manifest.v1", "version": 1,
+                                "profileId": "sd21_palettized_split_einsum_v2", "ratios": ratios}))
+    return path
+
+
+def original_provider(tmp: Path, home: Path, **exports: str) -> Provider:
+    """The provider as a Studio user who swapped the command in runs it: HOME is theirs, no KITTY_COREML_*
+    variable, only the SYSTEMSCULPT_* exports given (none: nothing set at all)."""
+    env = clean_env(HOME=str(home), FAKE_SD_ARGV_LOG=str(tmp / "argv.jsonl"), **exports)
+    return Provider("original", env, tmp, dict(RATIO_SIZES))
+
+
+def write_fake_worker(dest_dir: Path) -> Path:
+    """An executable stand-in for kitty-coreml-worker (tests/fakes/coreml_worker.py)."""
+    script = Path(__file__).resolve().parents[1] / "fakes" / "coreml_worker.py"
+    binary = Path(dest_dir) / "kitty-coreml-worker"
+    binary.write_text(f"#!{sys.executable}\nimport runpy\nrunpy.run_path({str(script)!r}, run_name='__main__')\n")
+    binary.chmod(0o755)
+    return binary

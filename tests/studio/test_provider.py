@@ -72,7 +72,7 @@ def test_top_level_quality_alias_fields(mock: Provider) -> None:
 
 
 @pytest.mark.parametrize(("steps_raw", "guidance_raw", "steps", "guidance"), [
-    ("200", "99", 80, 30.0), ("-5", "-3", 2, 0.0), ("12.9", "4.25", 12, 4.25)])
+    ("200", "99", 80, 30.0), ("-5", "-3", 2, 1.0), ("12.9", "4.25", 12, 4.25)])
 def test_step_and_guidance_variables_are_clamped(fake: Provider, steps_raw: str, guidance_raw: str,
                                                  steps: int, guidance: float) -> None:
     answer = fake.run(request(localOptions={"quality": "high"}), extra_env={
@@ -81,6 +81,8 @@ def test_step_and_guidance_variables_are_clamped(fake: Provider, steps_raw: str,
     assert (answer["metadata"]["stepCount"], answer["metadata"]["guidanceScale"]) == (steps, guidance)
     argv = argv_log(fake)[-1]
     assert (int(option(argv, "step-count")), float(option(argv, "guidance-scale"))) == (steps, guidance)
+    # -3 clamps to 0, which the bundle's batch-2 Unet cannot run: lifted to 1, with a warning
+    assert any("whose Unet takes batch 2" in w for w in answer["warnings"]) == (guidance_raw == "-3")
 
 
 def test_one_pndm_step_runs_as_two_with_a_warning(fake: Provider) -> None:
@@ -115,7 +117,7 @@ def test_strong_influence_stages_the_reference_at_the_models_size(fake: Provider
     assert option(argv, "strength") == "0.35" and option(argv, "image").endswith(".png")
     assert [(i["width"], i["height"]) for i in answer["images"]] == [(768, 576)] * 2
     assert answer["metadata"]["referenceStrength"] == 0.35 and answer["metadata"]["usedReferenceImage"]
-    assert any(str(other) in w and "ignored" in w for w in answer["warnings"])
+    assert any(other.name in w and "ignored" in w for w in answer["warnings"])
 
 
 def test_img2img_needs_a_vae_encoder(fake: Provider, tmp_path: Path) -> None:
@@ -182,10 +184,16 @@ def test_resource_path_override_and_home_expansion(fake: Provider, bundles: dict
 
 
 def test_without_a_manifest_the_default_model_serves_its_own_ratio(fake: Provider, bundles: dict[str, Path]) -> None:
-    answer = fake.run(request(), extra_env={
-        "SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH": str(fake.workdir / "absent.json"),
-        "KITTY_COREML_RESOURCE_PATH": str(bundles["1:1"])}).answer
-    assert answer["metadata"]["resourcePathSource"] == "default_model"
+    env = {k: v for k, v in fake.env.items() if k != "SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH"}
+    unset = Provider("fake", {**env, "KITTY_COREML_RESOURCE_PATH": str(bundles["1:1"])}, fake.workdir)
+    assert unset.run(request()).answer["metadata"]["resourcePathSource"] == "kitty_model"
+    assert "no Core ML bundle for aspect ratio 4:3" in unset.run(request(aspectRatio="4:3")).error
+
+
+def test_a_manifest_path_that_does_not_exist_fails_loud(fake: Provider) -> None:
+    outcome = fake.run(request(), extra_env={"SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH": str(fake.workdir / "absent.json")})
+    assert "Studio manifest" in outcome.error and "absent.json does not exist" in outcome.error
+    assert "SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH" in outcome.error
 
 
 def test_manifest_size_that_disagrees_with_the_model_is_a_warning(fake: Provider, bundles: dict[str, Path]) -> None:

@@ -128,7 +128,7 @@ final class LineWriter {
     func send(_ message: Message) {
         guard JSONSerialization.isValidJSONObject(message),
               var data = try? JSONSerialization.data(withJSONObject: message, options: [.withoutEscapingSlashes]) else {
-            FileHandle.standardError.write(Data("kitty-coreml-worker: cannot encode \(message)\n".utf8))
+            logLine("cannot encode \(message)")
             return
         }
         data.append(0x0A)
@@ -138,7 +138,7 @@ final class LineWriter {
             var offset = 0
             while offset < bytes.count {
                 let written = write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
-                if written < 0 && errno != EINTR { _exit(0) }  // the orchestrator is gone: nobody to answer
+                if written < 0 && errno != EINTR { finish(0) }  // the orchestrator is gone: nobody to answer
                 offset += max(written, 0)
             }
         }

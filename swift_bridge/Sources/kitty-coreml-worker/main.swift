@@ -21,6 +21,7 @@ final class Job {
     let type: String
     let message: Message
     var stopped = false  // guarded by Worker.lock
+    var started = false  // the requests queue has begun it (guarded by Worker.lock)
 
     init(id: String, type: String, message: Message) {
         self.id = id
@@ -37,6 +38,7 @@ struct LoadedModel {
     let key: LoadKey
     let pipeline: any StableDiffusionPipelineProtocol
     let width: Int, height: Int, hasEncoder: Bool
+    let unetBatch: Int?  // the Unet's `sample` batch (SD and SDXL); nil for SD3's transformer
     let reply: Message
 }
 
@@ -53,10 +55,24 @@ func elapsed(since start: Date) -> Double {
     (Date().timeIntervalSince(start) * 10_000).rounded() / 10_000
 }
 
+/// Writes one line to stderr with C stdio: FileHandle.write raises an Objective-C exception, which Swift
+/// cannot catch, on EPIPE once SIGPIPE is ignored; fputs just returns EOF.
+func logLine(_ text: String) {
+    fputs("kitty-coreml-worker: \(text)\n", stderr)
+}
+
+/// Leaves the process as the Python worker does (os._exit): C stdio flushed so the library's last prints
+/// reach the stderr tail, but no atexit handlers or static destructors running while the requests queue
+/// may still be inside Core ML.
+func finish(_ status: Int32) -> Never {
+    fflush(nil)
+    _exit(status)
+}
+
 /// Checks a resource folder before the library sees it (it traps instead of throwing on a missing
-/// vocab.json or on resources of another family) and reads the native size from the denoiser's
-/// metadata.json, as kitty_coreml/resources.py does.
-func inspectResources(_ folder: String, family: String) throws -> (width: Int, height: Int, hasEncoder: Bool) {
+/// vocab.json or on resources of another family) and reads the native size and the Unet's batch from
+/// the denoiser's metadata.json, as kitty_coreml/resources.py does.
+func inspectResources(_ folder: String, family: String) throws -> (width: Int, height: Int, hasEncoder: Bool, unetBatch: Int?) {
     func path(_ name: String) -> String { (folder as NSString).appendingPathComponent(name) }
     func has(_ name: String) -> Bool { FileManager.default.fileExists(atPath: path(name)) }
     let unet = has("UnetChunk1.mlmodelc") && has("UnetChunk2.mlmodelc") ? "UnetChunk1.mlmodelc" : "Unet.mlmodelc"
@@ -92,7 +108,23 @@ func inspectResources(_ folder: String, family: String) throws -> (width: Int, h
     guard let shape = shapes[latent], shape.count == 4, shape[2] > 0, shape[3] > 0 else {
         throw RequestFailed("load_failed", "cannot read the native size: \(metadataPath) has no 4-dimensional `\(latent)` input")
     }
-    return (shape[3] * 8, shape[2] * 8, has("VAEEncoder.mlmodelc"))
+    let unetBatch: Int? = family == "sd3" ? nil : shape[0]
+    return (shape[3] * 8, shape[2] * 8, has("VAEEncoder.mlmodelc"), unetBatch)
+}
+
+/// An input image as Apple's CLI sees it: NSImage(data:) applies the EXIF orientation, CGImageSource
+/// does not, so a rotated photo is redrawn upright (a thumbnail with the transform, at full size).
+func uprightImage(_ path: String) -> CGImage? {
+    guard let source = CGImageSourceCreateWithURL(URL(filePath: path) as CFURL, nil) else { return nil }
+    let properties = CGImageSourceCopyPropertiesAtIndex(source, 0, nil) as? [CFString: Any] ?? [:]
+    let orientation = (properties[kCGImagePropertyOrientation] as? NSNumber)?.intValue ?? 1
+    guard orientation != 1 else { return CGImageSourceCreateImageAtIndex(source, 0, nil) }
+    let width = (properties[kCGImagePropertyPixelWidth] as? NSNumber)?.intValue ?? 0
+    let height = (properties[kCGImagePropertyPixelHeight] as? NSNumber)?.intValue ?? 0
+    let options: [CFString: Any] = [kCGImageSourceCreateThumbnailFromImageAlways: true,
+                                    kCGImageSourceCreateThumbnailWithTransform: true,
+                                    kCGImageSourceThumbnailMaxPixelSize: max(width, height)]
+    return CGImageSourceCreateThumbnailAtIndex(source, 0, options as CFDictionary)
 }
 
 func makePipeline(_ folder: URL, family: String, configuration: MLModelConfiguration, reduceMemory: Bool,
@@ -148,17 +180,29 @@ final class Worker {
         return job.stopped
     }
 
+    /// Sends a progress event unless the generate was stopped (cancel, shutdown, end of stdin): checked
+    /// under the lock that end of stdin sets its flag under, so nothing is written after it.
+    func sendProgress(_ job: Job, _ message: Message) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if job.stopped { return false }
+        writer.send(message)
+        return true
+    }
+
     func serve() -> Never {
         var lineNumber = 0
         readLines(onLine: { line in
             lineNumber += 1
             guard line.contains(where: { ![0x20, 0x09, 0x0D].contains($0) }) else { return }
-            do {
-                let request = try decode(line)
-                dispatch(request.message, id: request.id, type: request.type)
-            } catch {
-                let failed = error as? RequestFailed ?? RequestFailed("internal", "\(error)")
-                writer.send(errorReply(failed.id, failed.code, "line \(lineNumber): \(failed.message)"))
+            autoreleasepool {
+                do {
+                    let request = try decode(line)
+                    dispatch(request.message, id: request.id, type: request.type)
+                } catch {
+                    let failed = error as? RequestFailed ?? RequestFailed("internal", "\(error)")
+                    writer.send(errorReply(failed.id, failed.code, "line \(lineNumber): \(failed.message)"))
+                }
             }
         }, onTooLong: {
             lineNumber += 1
@@ -166,10 +210,13 @@ final class Worker {
         })
         lock.lock()
         inputEnded = true
+        let running = pendingGenerate?.started == true
         pendingGenerate?.stopped = true
         lock.unlock()
-        requests.sync {}  // let the request in hand stop after its step
-        exit(0)
+        // a running generate stops after its step; anything else (a first load on the Neural Engine takes
+        // minutes) is not waited for: nobody is left to answer
+        if running { requests.sync {} }
+        finish(0)
     }
 
     func dispatch(_ message: Message, id: String, type: String) {
@@ -226,21 +273,26 @@ final class Worker {
     func run(_ job: Job) {
         if job.type == "shutdown" {
             writer.send(["type": "bye", "id": job.id])
-            exit(0)
+            finish(0)
         }
-        let reply: Message
-        do {
-            switch job.type {
-            case "load": reply = try load(job)
-            case "generate": reply = try generate(job)
-            case "unload":
-                unload()
-                reply = ["type": "unloaded", "id": job.id]
-            default: throw RequestFailed("internal", "no handler for \(job.type)")
+        lock.lock()
+        job.started = true
+        lock.unlock()
+        // the library's Objective-C temporaries (images, multi-arrays) are freed per request, not at exit
+        let reply: Message = autoreleasepool { () -> Message in
+            do {
+                switch job.type {
+                case "load": return try load(job)
+                case "generate": return try generate(job)
+                case "unload":
+                    unload()
+                    return ["type": "unloaded", "id": job.id]
+                default: throw RequestFailed("internal", "no handler for \(job.type)")
+                }
+            } catch {
+                let failed = error as? RequestFailed ?? RequestFailed("internal", "\(error)")
+                return errorReply(job.id, failed.code, failed.message)
             }
-        } catch {
-            let failed = error as? RequestFailed ?? RequestFailed("internal", "\(error)")
-            reply = errorReply(job.id, failed.code, failed.message)
         }
         lock.lock()
         if pendingGenerate === job { pendingGenerate = nil }
@@ -279,12 +331,14 @@ final class Worker {
             pipeline.unloadResources()
             throw RequestFailed("load_failed", "cannot load \(path): \(error)")
         }
+        // SD3 has a VAE encoder but no img2img: its flow scheduler leaves alphasCumProd empty
+        let img2img = resources.hasEncoder && key.family != "sd3"
         let reply: Message = ["type": "loaded", "id": job.id, "model_path": path, "compute_units": key.computeUnits,
                               "device": device(key.computeUnits), "family": key.family, "width": resources.width,
-                              "height": resources.height, "has_encoder": resources.hasEncoder,
+                              "height": resources.height, "has_encoder": img2img,
                               "has_safety": pipeline.canSafetyCheck, "seconds": elapsed(since: started)]
         loaded = LoadedModel(key: key, pipeline: pipeline, width: resources.width, height: resources.height,
-                             hasEncoder: resources.hasEncoder, reply: reply)
+                             hasEncoder: img2img, unetBatch: resources.unetBatch, reply: reply)
         return reply
     }
 
@@ -320,12 +374,19 @@ final class Worker {
         if steps < 2 && (scheduler == "pndm" || family == "sd3") {
             throw RequestFailed("unsupported", "steps: got 1; the \(family == "sd3" ? "sd3" : "pndm") scheduler needs at least 2")
         }
+        // guidance below 1 makes StableDiffusionPipeline send one latent, not the pair a batch-2 Unet takes
+        if family == "sd", configuration.guidanceScale < 1, let batch = model.unetBatch, batch >= 2 {
+            throw RequestFailed("unsupported", "guidance: got \(configuration.guidanceScale); allowed: 1..30 for \(model.key.modelPath), whose Unet takes batch \(batch) (guidance below 1 sends batch 1)")
+        }
         if let inputImage {
+            // StableDiffusion3Pipeline's img2img calls addNoise, which indexes the flow scheduler's empty alphasCumProd
+            guard family != "sd3" else {
+                throw RequestFailed("unsupported", "input_image: sd3 models cannot start from an image (the library's flow scheduler has no img2img)")
+            }
             guard model.hasEncoder else {
                 throw RequestFailed("unsupported", "input_image: \(model.key.modelPath) has no VAEEncoder.mlmodelc for img2img")
             }
-            guard let source = CGImageSourceCreateWithURL(URL(filePath: inputImage) as CFURL, nil),
-                  let image = CGImageSourceCreateImageAtIndex(source, 0, nil) else {
+            guard let image = uprightImage(inputImage) else {
                 throw RequestFailed("bad_request", "input_image: cannot read \(inputImage) as a PNG or JPEG image")
             }
             guard image.width == model.width, image.height == model.height else {
@@ -353,13 +414,17 @@ final class Worker {
         let images: [CGImage?]
         do {
             images = try model.pipeline.generateImages(configuration: configuration) { progress in
-                writer.send(["type": "progress", "id": job.id, "step": progress.step + 1, "total": progress.stepCount])
-                return !isStopped(job)
+                sendProgress(job, ["type": "progress", "id": job.id, "step": progress.step + 1, "total": progress.stepCount])
             }
         } catch {
             throw RequestFailed("generation_failed", "\(error)")
         }
-        if images.isEmpty && isStopped(job) { throw RequestFailed("cancelled", "cancelled after a step, as asked") }
+        if images.isEmpty && isStopped(job) {
+            // a stopped run returns before the library's own reduceMemory unload of the denoiser; everything
+            // reloads lazily (ManagedMLModel.perform), so unloading all of it leaves what a finished run leaves
+            if model.key.reduceMemory { model.pipeline.unloadResources() }
+            throw RequestFailed("cancelled", "cancelled after a step, as asked")
+        }
         guard images.count == configuration.imageCount else {
             throw RequestFailed("generation_failed", "the pipeline returned \(images.count) images for count \(configuration.imageCount)")
         }
@@ -386,18 +451,21 @@ final class Worker {
 let arguments = Array(CommandLine.arguments.dropFirst())
 if arguments == ["--version"] {
     print("kitty-coreml-worker \(workerVersion) (ml-stable-diffusion \(mlStableDiffusionCommit))")
-    exit(0)
+    finish(0)
 } else if !arguments.isEmpty {
-    let usage = "usage: kitty-coreml-worker [--version]\nSpeaks the worker protocol (docs/protocol.md) in JSON lines on stdin/stdout.\n"
-    FileHandle.standardError.write(Data(usage.utf8))
-    exit(arguments == ["--help"] || arguments == ["-h"] ? 0 : 64)
+    fputs("usage: kitty-coreml-worker [--version]\nSpeaks the worker protocol (docs/protocol.md) in JSON lines on stdin/stdout.\n", stderr)
+    finish(arguments == ["--help"] || arguments == ["-h"] ? 0 : 64)
 }
 signal(SIGPIPE, SIG_IGN)
 // fd 1 carries protocol lines only: keep a private copy of it and point fd 1 at stderr, so whatever the
 // library prints (it does print on some load failures) cannot corrupt the protocol
 let protocolDescriptor = dup(STDOUT_FILENO)
 guard protocolDescriptor >= 0, dup2(STDERR_FILENO, STDOUT_FILENO) >= 0 else {
-    FileHandle.standardError.write(Data("kitty-coreml-worker: cannot set up stdout: \(String(cString: strerror(errno)))\n".utf8))
-    exit(70)
+    logLine("cannot set up stdout: \(String(cString: strerror(errno)))")
+    finish(70)
 }
+// C stdio chose block buffering for stdout when it was a pipe; now that fd 1 is stderr, the library's
+// prints ("Needed to truncate input ...", SDXL/SD3 load errors) must go out a line at a time, or a trap
+// loses them from the stderr tail the orchestrator quotes
+setvbuf(stdout, nil, _IOLBF, 0)
 Worker(writer: LineWriter(descriptor: protocolDescriptor)).serve()
