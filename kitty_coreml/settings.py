@@ -150,6 +150,13 @@ class Settings(BaseModel):
     ~/.local/bin, /opt/homebrew/bin, /usr/local/bin on PATH, else ~/.local/bin; `none`: no links."""
     search_path: tuple[Path, ...] = ()
     """PATH: the folders searched for programs (read here for choosing where to link the commands)."""
+    # convert (model conversion with Apple's torch2coreml)
+    converter_venv: Path | None = None
+    """KITTY_COREML_CONVERTER_VENV: the converter's own virtualenv (default HOME/converter-venv)."""
+    converter_python: str = "python3.11"
+    """KITTY_COREML_CONVERTER_PYTHON: the Python that creates it (Apple's pins need 3.11)."""
+    convert_timeout_s: float = 14400.0
+    """KITTY_COREML_CONVERT_TIMEOUT_S: the limit for one conversion stage (an SDXL Unet takes an hour)."""
 
     @property
     def images_root(self) -> Path:
@@ -230,6 +237,11 @@ class Settings(BaseModel):
                                    ("auto", "yes", "no"), "auto"),
             link_dir=_path(get("KITTY_COREML_LINK_DIR")),
             search_path=tuple(Path(p) for p in (get("PATH") or "").split(os.pathsep) if p),
+            # convert
+            converter_venv=_path(get("KITTY_COREML_CONVERTER_VENV")),
+            converter_python=(get("KITTY_COREML_CONVERTER_PYTHON") or "").strip() or "python3.11",
+            convert_timeout_s=_number("KITTY_COREML_CONVERT_TIMEOUT_S", get("KITTY_COREML_CONVERT_TIMEOUT_S"),
+                                      14400.0, 1),
         )
 
 
