@@ -93,6 +93,13 @@ def parse_source(text: str, *, xl: bool | None) -> Source:
         cls = _pipeline_class(path)
         if cls is None:
             raise InvalidRequest("SOURCE", text, allowed, hint=f"{path} has no readable model_index.json")
+        if not any((path / "unet").glob("*.fp16.safetensors")):
+            # torch2coreml loads `variant="fp16", use_safetensors=True` and fails on anything else
+            raise InvalidRequest("SOURCE", text, "a diffusers folder with fp16 safetensors weights "
+                                                 "(unet/diffusion_pytorch_model.fp16.safetensors), as Apple's "
+                                                 "converter loads them",
+                                 hint="save it with save_pretrained(..., variant='fp16'), or pass its hub id or "
+                                      "single checkpoint file instead")
         return Source("folder", str(path.absolute()), xl if xl is not None else "XL" in cls)
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:

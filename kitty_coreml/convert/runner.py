@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 from collections import deque
 from dataclasses import dataclass, field
@@ -107,10 +108,42 @@ def _is_done(stage: Stage, work: Path) -> bool:
         all((folder / name).exists() for name in stage.expects)
 
 
-def _installed(settings: Settings, options: ConvertOptions, stage: Stage, work: Path) -> bool:
+def _bundle_identity(stage: Stage, stages: list[Stage], work: Path) -> list[list[str]]:
+    """What a bundle was made from: its own argv and that of every stage whose packages it links, so a
+    bundle of other packages (another attention, palettization) is never taken for it."""
+    sources = {target.rsplit("/", 1)[0] for _, target in stage.links}
+    return [_receipt_argv(s, work) for s in stages if s.key in sources or s is stage]
+
+
+def _installed(settings: Settings, options: ConvertOptions, stage: Stage, stages: list[Stage], work: Path) -> bool:
     assert stage.size is not None
     receipt = read_json(variant_dir(settings, options.name, stage.size.label) / _VARIANT_RECEIPT)
-    return receipt is not None and receipt.get("argv") == _receipt_argv(stage, work)
+    return receipt is not None and receipt.get("made_from") == _bundle_identity(stage, stages, work)
+
+
+class _ConverterOutput:
+    """A stage's output as progress: torch2coreml's log lines (`INFO:__main__:Converting unet`) by their
+    message, other lines as they are; a Python traceback is kept for the error line, not shown."""
+
+    _LOG = re.compile(r"^(?:INFO|WARNING|ERROR):[\w.]+:(.*)$")
+
+    def __init__(self, reporter: Reporter, label: str):
+        self.reporter = reporter
+        self.label = label
+        self.tail: deque[str] = deque(maxlen=8)
+        self.in_traceback = False
+
+    def line(self, text: str) -> None:
+        if text.startswith("Traceback (most recent call last)"):
+            self.in_traceback = True
+        match = self._LOG.match(text)
+        if match:
+            self.in_traceback = False
+            text = match.group(1)
+        if self.in_traceback:
+            self.tail.append(text)
+        else:
+            self.reporter.output(self.label, text, self.tail)
 
 
 class _WorkLock:
@@ -140,14 +173,14 @@ def _run_stage(stage: Stage, work: Path, *, settings: Settings, options: Convert
         (partial / name).symlink_to(work / target)
     argv = [part.replace(OUT, str(partial)) for part in stage.argv]
     reporter.line(f"> [{position}] {stage.label}: {describe(tuple(argv))}")
-    tail: deque[str] = deque(maxlen=8)
+    shown = _ConverterOutput(reporter, stage.label)
     # cwd is the work folder: a converted single file is the model version `diffusers` there, so the
     # package names torch2coreml derives from it are the same on every machine.
     result = run_supervised(argv, cwd=work, timeout_s=options.timeout_s, cancel=cancel, env=env,
-                            on_stdout_line=lambda line: reporter.output(stage.label, line, tail),
+                            on_stdout_line=shown.line,
                             name=f"{stage.label} ({'torch2coreml' if stage.kind != 'diffusers' else 'from_single_file'})")
     if result.returncode != 0:
-        last = " | ".join((result.stdout_tail + result.stderr_tail)[-3:]) or "no output"
+        last = (result.stdout_tail + result.stderr_tail or ["no output"])[-1]
         raise EngineError(f"{stage.label} failed: {describe_exit(result.returncode)}: {last}",
                           hint="fix the cause and run the same command again: finished sub-models are kept")
     missing = [name for name in stage.expects if not (partial / name).exists()]
@@ -160,7 +193,8 @@ def _run_stage(stage: Stage, work: Path, *, settings: Settings, options: Convert
     reporter.line(f"+ [{position}] {stage.label}: done in {result.duration_s:.0f} s")
 
 
-def _install_bundle(settings: Settings, options: ConvertOptions, stage: Stage, work: Path) -> Variant:
+def _install_bundle(settings: Settings, options: ConvertOptions, stage: Stage, stages: list[Stage],
+                    work: Path) -> Variant:
     """Check the bundle; move its Resources into the models folder. A bundle that fails is removed
     from the work folder (so the next run compiles again) and never reaches the registry."""
     assert stage.size is not None
@@ -173,7 +207,8 @@ def _install_bundle(settings: Settings, options: ConvertOptions, stage: Stage, w
         raise ModelError(f"the {stage.size.label} bundle failed its check and was not registered: "
                          f"{'; '.join(problems[:3])}{more}",
                          hint="run the same command again to compile it again; the .mlpackage files are kept")
-    write_json(resources / _VARIANT_RECEIPT, {"argv": _receipt_argv(stage, work), "source": options.source.value})
+    write_json(resources / _VARIANT_RECEIPT, {"made_from": _bundle_identity(stage, stages, work),
+                                              "source": options.source.value})
     target = variant_dir(settings, options.name, stage.size.label)
     target.parent.mkdir(parents=True, exist_ok=True)
     old = target.with_name(f".{target.name}.old")
@@ -213,7 +248,7 @@ def _convert(options: ConvertOptions, settings: Settings, reporter: Reporter, ca
     can_compile = compiler_available(env.get("PATH"))
     stages = plan_stages(options, python=venv_python(settings), work=work)
     report = ConvertReport(options.name, work)
-    pending = [s for s in stages if not (_installed(settings, options, s, work) if s.kind == "bundle"
+    pending = [s for s in stages if not (_installed(settings, options, s, stages, work) if s.kind == "bundle"
                                          else _is_done(s, work))]
     pending_here = [s for s in pending if can_compile or not s.requires_mac]
     needed, free = estimate_bytes(options, pending_here), _free_bytes(work)
@@ -240,7 +275,7 @@ def _convert(options: ConvertOptions, settings: Settings, reporter: Reporter, ca
                        env=env, position=position)
             entry["status"] = "done"
             if stage.kind == "bundle":
-                variant = _install_bundle(settings, options, stage, work)
+                variant = _install_bundle(settings, options, stage, stages, work)
                 added.append(variant)
                 register_variants(settings.registry_path, options.name, [variant])
                 reporter.line(f"+ registered {options.name} {stage.size.label}: {variant.path}")
