@@ -57,3 +57,23 @@ def convert(
         echo(f"not finished here: {report.needs_mac}")
     elif report.variants:
         echo(f"registered {options.name} with {len(report.variants)} size variant(s)")
+
+
+def print_ratios_report(settings, manifest_path, models: list[str] | None, *, as_json: bool) -> None:
+    """`install --ratios`: its work is install/ratios.py; this prints what it did."""
+    from ..errors import InstallError
+    from ..install.progress import Reporter
+    from ..install.ratios import build_ratios
+    from .common import echo, print_json
+
+    if models and len(models) > 1:
+        raise InstallError(f"--ratios: got --model {' --model '.join(models)}; allowed: one installed model")
+    report = build_ratios(settings, manifest_path, Reporter(settings.progress), model=models[0] if models else None)
+    if as_json:
+        print_json(report)
+    elif report["needs_mac"]:
+        echo(f"not finished here: {report['needs_mac']}")
+    else:
+        for variant in report["variants"]:
+            echo(f"{report['name']} {variant['width']}x{variant['height']}: {variant['path']}")
+        echo(f"wrote the Studio manifest {report['manifest']}")
