@@ -251,3 +251,30 @@ def test_a_missing_converter_venv_is_installed_from_the_clone_first(converter, s
     assert "ml-stable-diffusion is not cloned" in line and "kitty-coreml install" in line
     assert json.loads(json.dumps(converter.registry()))["models"] == {}
     assert not os.path.exists(tmp_path / "not-there" / "kitty-converter.json")
+
+
+def _xl_folder(smoke_folder: Path, dest: Path) -> Path:
+    """The smoke folder dressed as SDXL: a second text encoder and the XL pipeline class, which is what
+    the converter reads from it."""
+    shutil.copytree(smoke_folder, dest)
+    shutil.copytree(dest / "text_encoder", dest / "text_encoder_2")
+    index = json.loads((dest / "model_index.json").read_text())
+    index.update(_class_name="StableDiffusionXLPipeline", text_encoder_2=["transformers", "CLIPTextModelWithProjection"])
+    (dest / "model_index.json").write_text(json.dumps(index))
+    return dest
+
+
+def test_sdxl_with_a_refiner_bundles_both_unets_and_both_text_encoders(converter, smoke_folder, tmp_path):
+    base = _xl_folder(smoke_folder, tmp_path / "tiny-xl")
+    refiner = _xl_folder(smoke_folder, tmp_path / "tiny-xl-refiner")
+    run = converter.run(str(base), "--size", "1024x1024", "--refiner", str(refiner), "--attention", "original")
+    assert run.returncode == 0, run.stderr
+    calls = converter.calls()
+    assert all("--xl-version" in argv for argv in calls)
+    refiner_call = next(argv for argv in calls if argv[argv.index("--model-version") + 1] == str(refiner))
+    assert "--convert-unet" in refiner_call and "--refiner-version" not in refiner_call
+    folder = Path(converter.registry()["models"]["tiny-xl"]["variants"][0]["path"])
+    assert {p.name for p in folder.glob("*.mlmodelc")} == {
+        "TextEncoder.mlmodelc", "TextEncoder2.mlmodelc", "Unet.mlmodelc", "UnetRefiner.mlmodelc", "VAEDecoder.mlmodelc"}
+    info = inspect_resources(folder)
+    assert info.family == "sdxl" and info.has_refiner and (info.width, info.height) == (1024, 1024)
