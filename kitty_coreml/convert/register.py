@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_json
+from ..errors import ModelError
 from ..models import Registry, model_from_folder
+from ..resources import inspect_resources
 
-__all__ = ["Variant", "register_variants", "pick_variant", "variants_of"]
+__all__ = ["Variant", "register_variants", "pick_variant", "variants_of", "variant_problems"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,22 @@ def pick_variant(registry_path: Path, name: str, width: int, height: int) -> Var
     """The variant of `name` converted for exactly width x height (KITTY's width/height, or a Studio
     ratio's size), or None: Core ML models have one fixed size each."""
     return next((v for v in variants_of(registry_path, name) if (v.width, v.height) == (width, height)), None)
+
+
+def variant_problems(registry_path: Path) -> list[str]:
+    """What is wrong with any registered size variant: a missing or incomplete folder, or one whose
+    Unet no longer has the size or attention it was registered with."""
+    problems = []
+    for name in Registry(registry_path).names():
+        for variant in variants_of(registry_path, name):
+            where = f"{name} {variant.width}x{variant.height} ({variant.path})"
+            try:
+                info = inspect_resources(variant.path)
+            except ModelError:
+                problems.append(f"{where} does not exist")
+                continue
+            if info.missing:
+                problems.append(f"{where} lacks {', '.join(info.missing)}")
+            elif (info.width, info.height) != (variant.width, variant.height) or info.attention != variant.attention:
+                problems.append(f"{where} is {info.width}x{info.height} {info.attention}, not what was registered")
+    return problems

@@ -8,14 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..convert import ConvertOptions, Variant, convert
+from ..convert import ConvertOptions, Variant, convert, variants_of
+from ..convert.register import variant_problems
 from ..errors import InstallError
 from ..models import Registry
 from ..settings import Settings
 from ..studio import RATIO_SIZES, RatioEntry, read_manifest, write_manifest
 from .progress import Reporter
+from .step import Step
 
-__all__ = ["RATIO_SOURCES", "ratio_options", "build_ratios", "write_studio_manifest"]
+__all__ = ["RATIO_SOURCES", "ratio_options", "build_ratios", "write_studio_manifest", "ConvertedVariantsStep"]
 
 RATIO_SOURCES: dict[str, tuple[str, int | None]] = {
     "sd21-palettized": ("stabilityai/stable-diffusion-2-1-base", 6),
@@ -73,3 +75,33 @@ def build_ratios(settings: Settings, manifest_path: Path, reporter: Reporter, mo
     out = report.to_dict()
     out["manifest"] = str(manifest_path) if report.needs_mac is None else None
     return out
+
+
+class ConvertedVariantsStep(Step):
+    """`install --verify` checks every converted size variant; a broken one cannot be repaired without
+    converting again, so running this step says how."""
+
+    name = "converted-variants"
+    title = "converted size variants"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def _converted(self) -> list[str]:
+        registry = Registry(self.settings.registry_path)
+        return [name for name in registry.names() if variants_of(self.settings.registry_path, name)]
+
+    def not_applicable(self) -> str | None:
+        return None if self._converted() else "no converted models are registered"
+
+    def problems(self) -> list[str]:
+        return variant_problems(self.settings.registry_path)
+
+    def plan(self) -> dict[str, Any]:
+        return {"models": self._converted(), "commands": []}
+
+    def run(self, reporter: Reporter) -> str:
+        problems = self.problems()
+        raise InstallError(f"a converted variant is broken: {problems[0]}",
+                           hint="convert it again: `kitty-coreml convert SOURCE --size WxH --name NAME` "
+                                "(finished sub-models are reused)")

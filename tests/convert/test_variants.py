@@ -74,3 +74,19 @@ def test_a_kitty_size_request_picks_the_converted_variant(converter, smoke_folde
     assert proc.returncode == 0, proc.stderr
     image = json.loads(proc.stdout)["images"][0]
     assert (image["width"], image["height"]) == (1024, 768)
+
+
+def test_install_verify_checks_converted_variants(converter, smoke_folder):
+    assert converter.run(str(smoke_folder), "--size", "512x512").returncode == 0
+
+    def verify_step():
+        proc = subprocess.run([KITTY, "install", "--verify", "--json"], capture_output=True, text=True, timeout=120,
+                              env=converter.env, stdin=subprocess.DEVNULL)
+        return next(s for s in json.loads(proc.stdout)["steps"] if s["name"] == "converted-variants")
+
+    assert verify_step()["status"] == "ok"
+    shutil.rmtree(converter.home / "models" / "sd-tiny" / "512x512" / "Unet.mlmodelc")
+    broken = verify_step()
+    assert broken["status"] == "broken"
+    assert broken["problems"] == [f"sd-tiny 512x512 ({converter.home / 'models' / 'sd-tiny' / '512x512'}) lacks "
+                                  "Unet.mlmodelc (or UnetChunk1.mlmodelc + UnetChunk2.mlmodelc)"]
