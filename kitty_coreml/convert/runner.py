@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engines.base import CancelToken
-from ..errors import Cancelled, EngineError, InstallError, LockBusy, ModelError
+from ..errors import Cancelled, EngineError, EngineTimeout, InstallError, LockBusy, ModelError
 from ..install.progress import Reporter
 from ..install.step import read_json, remove_tree, write_json
 from ..process import describe_exit, run_supervised
@@ -24,7 +24,7 @@ from ..settings import Settings
 from .check import bundle_problems
 from .options import RESOURCE_ATTENTION, ConvertOptions
 from .register import Variant, register_variants
-from .stages import OUT, Stage, describe, plan_stages
+from .stages import OUT, REFINER_LINK, SOURCE_LINK, Stage, describe, plan_stages
 from .venv import ConverterVenvStep, venv_python
 
 __all__ = ["convert", "ConvertReport", "work_dir", "variant_dir", "estimate_bytes", "compiler_available"]
@@ -97,8 +97,23 @@ def _free_bytes(path: Path) -> int:
 
 
 def _receipt_argv(stage: Stage, work: Path) -> list[str]:
-    """argv as a receipt keeps it: without the machine's paths, so a work folder copied to a Mac resumes."""
-    return ["{python}", *(part.replace(str(work), "{work}") for part in stage.argv[1:])]
+    """argv as a receipt keeps it: without the machine's paths, so a work folder copied to a Mac resumes;
+    with the folders the source links point at, so another folder under the same name is not reused."""
+    links = [f"{name} -> {os.readlink(work / name)}" for name in (SOURCE_LINK, REFINER_LINK)
+             if (work / name).is_symlink()]
+    return ["{python}", *(part.replace(str(work), "{work}") for part in stage.argv[1:]), *links]
+
+
+def _link_sources(options: ConvertOptions, work: Path) -> None:
+    """The folder source (and refiner) as links in the work folder, the names torch2coreml is given."""
+    wanted = {SOURCE_LINK: options.source.value if options.source.kind == "folder" else None,
+              REFINER_LINK: options.refiner if options.refiner and Path(options.refiner).is_absolute() else None}
+    for name, target in wanted.items():
+        link = work / name
+        if link.is_symlink() and (target is None or os.readlink(link) != target):
+            link.unlink()
+        if target is not None and not link.is_symlink():
+            link.symlink_to(target)
 
 
 def _is_done(stage: Stage, work: Path) -> bool:
@@ -171,14 +186,20 @@ def _run_stage(stage: Stage, work: Path, *, settings: Settings, options: Convert
     partial.mkdir(parents=True)
     for name, target in stage.links:
         (partial / name).symlink_to(work / target)
-    argv = [part.replace(OUT, str(partial)) for part in stage.argv]
+    argv = [part.replace(OUT, str(partial.relative_to(work))) for part in stage.argv]
     reporter.line(f"> [{position}] {stage.label}: {describe(tuple(argv))}")
     shown = _ConverterOutput(reporter, stage.label)
     # cwd is the work folder: a converted single file is the model version `diffusers` there, so the
     # package names torch2coreml derives from it are the same on every machine.
-    result = run_supervised(argv, cwd=work, timeout_s=options.timeout_s, cancel=cancel, env=env,
-                            on_stdout_line=shown.line,
-                            name=f"{stage.label} ({'torch2coreml' if stage.kind != 'diffusers' else 'from_single_file'})")
+    name = f"{stage.label} ({'torch2coreml' if stage.kind != 'diffusers' else 'from_single_file'})"
+    try:
+        result = run_supervised(argv, cwd=work, timeout_s=options.timeout_s, cancel=cancel, env=env,
+                                on_stdout_line=shown.line, name=name)
+    except EngineTimeout as exc:
+        raise EngineTimeout(exc.message, hint="raise --timeout (or KITTY_COREML_CONVERT_TIMEOUT_S) and run the "
+                                              "same command again: finished sub-models are kept") from None
+    except Cancelled as exc:
+        raise Cancelled(exc.message, hint="run the same command again to resume: finished sub-models are kept") from None
     if result.returncode != 0:
         last = (result.stdout_tail + result.stderr_tail or ["no output"])[-1]
         raise EngineError(f"{stage.label} failed: {describe_exit(result.returncode)}: {last}",
@@ -245,6 +266,7 @@ def _convert(options: ConvertOptions, settings: Settings, reporter: Reporter, ca
     if venv_problems:
         reporter.line(f"> {venv_step.title}: {venv_problems[0]}")
         reporter.line(f"+ {venv_step.title}: {venv_step.run(reporter)}")
+    _link_sources(options, work)
     can_compile = compiler_available(env.get("PATH"))
     stages = plan_stages(options, python=venv_python(settings), work=work)
     report = ConvertReport(options.name, work)

@@ -15,7 +15,8 @@ from pathlib import Path
 from .options import ATTENTIONS, ConvertOptions, Size
 from .venv import TORCH2COREML_MODULE
 
-__all__ = ["Stage", "plan_stages", "package_name", "describe", "OUT", "SINGLE_FILE_SCRIPT"]
+__all__ = ["Stage", "plan_stages", "package_name", "model_version", "describe", "OUT", "SINGLE_FILE_SCRIPT",
+           "SOURCE_LINK", "REFINER_LINK"]
 
 OUT = "{out}"
 """Stands for the stage's folder in argv: the run writes into a partial folder renamed when it is done."""
@@ -24,6 +25,19 @@ SINGLE_FILE_SCRIPT = Path(__file__).with_name("single_file.py")
 # arrive with stdout's.
 _LAUNCH = ("import os, runpy; os.dup2(1, 2); "
            f"runpy.run_module({TORCH2COREML_MODULE!r}, run_name='__main__', alter_sys=True)")
+
+
+SOURCE_LINK = "source"
+REFINER_LINK = "refiner-source"
+"""A folder source is given to torch2coreml as this link in the work folder (the converter's cwd):
+torch2coreml puts the model version into its package names and compiles them through a shell
+(`os.system`), so a path with a space or a `;` must never reach it. -o is relative for the same reason."""
+
+
+def model_version(kind: str, value: str, link: str) -> str:
+    """What torch2coreml gets as --model-version: a hub id as it is (letters, digits, `._-/`), a folder
+    as its link, a converted single file as `diffusers`, all relative to the work folder."""
+    return {"hub": value, "folder": link, "single_file": "diffusers"}[kind]
 
 
 def package_name(model_version: str, sub_model: str) -> str:
@@ -54,9 +68,12 @@ class _Planner:
     stages: list[Stage] = field(default_factory=list)
 
     def model_version(self) -> str:
-        if self.options.source.kind == "single_file":
-            return "diffusers"  # relative to the work folder, the converter's cwd
-        return self.options.source.value
+        return model_version(self.options.source.kind, self.options.source.value, SOURCE_LINK)
+
+    def refiner_version(self) -> str:
+        assert self.options.refiner is not None
+        return model_version("folder" if Path(self.options.refiner).is_absolute() else "hub", self.options.refiner,
+                             REFINER_LINK)
 
     def torch2coreml(self, model_version: str, *flags: str, size: Size | None = None) -> tuple[str, ...]:
         argv = [self.python, "-c", _LAUNCH, "--model-version", model_version,
@@ -109,13 +126,14 @@ def _size_stages(plan: _Planner, version: str, size: Size, encoders: list[str]) 
                      tuple(package_name(version, p) for p in unet_parts), size=size))
     links += [(package_name(version, p), f"{at}/unet/{package_name(version, p)}") for p in unet_parts]
     if options.refiner:
+        refiner = plan.refiner_version()
         # Apple's --refiner-version converts the base Unet again in the same run; converting the refiner
         # as a model of its own (its README's advice) and linking it in as `refiner` avoids that.
         refiner_parts = ["unet_chunk1", "unet_chunk2"] if options.chunk_unet else ["unet"]
         out.append(Stage(f"{at}/refiner", f"{at} refiner Unet",
-                         plan.torch2coreml(options.refiner, *unet_flags, size=size),
-                         tuple(package_name(options.refiner, p) for p in refiner_parts), size=size))
-        links += [(package_name(version, p.replace("unet", "refiner")), f"{at}/refiner/{package_name(options.refiner, p)}")
+                         plan.torch2coreml(refiner, *unet_flags, size=size),
+                         tuple(package_name(refiner, p) for p in refiner_parts), size=size))
+        links += [(package_name(version, p.replace("unet", "refiner")), f"{at}/refiner/{package_name(refiner, p)}")
                   for p in refiner_parts]
     bundle_argv = [plan.python, "-c", _LAUNCH, "--model-version", version, "--bundle-resources-for-swift-cli"]
     if options.source.xl:

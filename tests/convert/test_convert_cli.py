@@ -43,7 +43,9 @@ def test_folder_at_two_sizes_registers_checked_variants_and_reruns_as_done(conve
     assert _stages_run(converter.calls()) == [
         "text-encoder", "vae-decoder@64x64", "unet@64x64", "bundle", "vae-decoder@128x72", "unet@128x72", "bundle"]
     first = converter.calls()[0]
-    assert first[first.index("--model-version") + 1] == str(smoke_folder)
+    # A folder reaches torch2coreml as a link in the work folder, never as a path its shell could split.
+    assert first[first.index("--model-version") + 1] == "source"
+    assert os.readlink(converter.home / "convert" / TINY / "source") == str(smoke_folder)
     assert first[first.index("--attention-implementation") + 1] == "SPLIT_EINSUM_V2"
     for line in ("[3/7] 512x512 Unet", "[6/7] 1024x576 Unet", "512x512 Unet| Converting unet to CoreML.."):
         assert line in run.stderr, line
@@ -271,10 +273,33 @@ def test_sdxl_with_a_refiner_bundles_both_unets_and_both_text_encoders(converter
     assert run.returncode == 0, run.stderr
     calls = converter.calls()
     assert all("--xl-version" in argv for argv in calls)
-    refiner_call = next(argv for argv in calls if argv[argv.index("--model-version") + 1] == str(refiner))
+    refiner_call = next(argv for argv in calls if argv[argv.index("--model-version") + 1] == "refiner-source")
     assert "--convert-unet" in refiner_call and "--refiner-version" not in refiner_call
     folder = Path(converter.registry()["models"]["tiny-xl"]["variants"][0]["path"])
     assert {p.name for p in folder.glob("*.mlmodelc")} == {
         "TextEncoder.mlmodelc", "TextEncoder2.mlmodelc", "Unet.mlmodelc", "UnetRefiner.mlmodelc", "VAEDecoder.mlmodelc"}
     info = inspect_resources(folder)
     assert info.family == "sdxl" and info.has_refiner and (info.width, info.height) == (1024, 1024)
+
+
+def test_a_folder_path_a_shell_would_split_converts(converter, smoke_folder, tmp_path):
+    # torch2coreml compiles through os.system: the path must never reach that shell.
+    odd = tmp_path / "My Models; echo pwned" / "tiny sd"
+    shutil.copytree(smoke_folder, odd)
+    run = converter.run(str(odd), "--size", "512x512", "--name", "odd")
+    assert run.returncode == 0, run.stderr
+    assert "pwned" not in run.stderr.replace(str(odd), "")
+    assert inspect_resources(Path(converter.registry()["models"]["odd"]["path"])).complete
+
+
+def test_a_stage_past_its_timeout_is_killed_with_its_tree(converter, smoke_folder, tmp_path):
+    pids_file = tmp_path / "pids"
+    run = converter.run(str(smoke_folder), "--size", "512x512", "--timeout", "20",
+                        extra_env={"FAKE_TORCH2COREML_HANG_AT": "text_encoder", "FAKE_TORCH2COREML_PIDS": str(pids_file)})
+    assert run.returncode == 6
+    line = _one_line_error(run)
+    assert "text encoder (torch2coreml) did not finish within 20 s and was killed" in line and "--timeout" in line
+    assert TINY not in converter.registry()["models"]
+    if pids_file.exists():  # it reached the hang (it does unless this machine is very slow): all of it is gone
+        pids = [int(pid) for pid in pids_file.read_text().split()]
+        wait_until(lambda: all(gone(pid) for pid in pids), 20, "the converter's tree to end")
