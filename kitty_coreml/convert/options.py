@@ -81,10 +81,23 @@ def _pipeline_class(folder: Path) -> str | None:
         return None
 
 
+def _checkpoint_is_xl(path: Path) -> bool:
+    """An SDXL checkpoint has a second text encoder (`conditioner.embedders.1.*`); a .safetensors file
+    says so in its JSON header. A .ckpt is a pickle, not read here: SDXL ones need --xl."""
+    if path.suffix.lower() != ".safetensors":
+        return False
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(min(length, 100_000_000)))
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and any(key.startswith("conditioner.embedders.1.") for key in header)
+
+
 def parse_source(text: str, *, xl: bool | None) -> Source:
     """SOURCE as typed. A path that exists is a folder or a checkpoint; otherwise it must look like a hub
-    id. SDXL comes from the folder's model_index.json, or --xl (a hub id or a single file cannot be read
-    before its download or conversion)."""
+    id. SDXL comes from --xl, else a folder's model_index.json, a .safetensors header, or `xl` in a hub id."""
     allowed = ("a Hugging Face id (org/name), a diffusers folder (with model_index.json), or a single "
                f"{' or '.join(SINGLE_FILE_SUFFIXES)} checkpoint")
     raw = text.strip()
@@ -104,7 +117,7 @@ def parse_source(text: str, *, xl: bool | None) -> Source:
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
             raise InvalidRequest("SOURCE", text, allowed)
-        return Source("single_file", str(path.absolute()), bool(xl))
+        return Source("single_file", str(path.absolute()), _checkpoint_is_xl(path) if xl is None else xl)
     if _HUB_ID.match(raw) and ".." not in raw:
         return Source("hub", raw, xl if xl is not None else "xl" in raw.lower())
     raise InvalidRequest("SOURCE", text, allowed, hint="no such file or folder, and not a hub id")
