@@ -25,8 +25,9 @@ def convert(
     chunk_unet: bool = typer.Option(False, "--chunk-unet", help="Split the Unet in two (iOS-class memory)."),
     refiner: str = typer.Option(None, "--refiner", metavar="SOURCE", help="Also convert this SDXL refiner."),
     vae_encoder: bool = typer.Option(False, "--vae-encoder", help="Also convert the VAE encoder (img2img)."),
-    xl: bool = typer.Option(None, "--xl/--no-xl", help="SOURCE is Stable Diffusion XL (read from a folder's "
-                                                       "model_index.json; a hub id with `xl` in its name is)."),
+    xl: bool = typer.Option(None, "--xl/--no-xl", help="SOURCE is Stable Diffusion XL (default: read from a "
+                                                       "folder's model_index.json or a .safetensors header; a hub "
+                                                       "id with `xl` in its name is; a .ckpt needs --xl)."),
     timeout: float = typer.Option(None, "--timeout", metavar="SECONDS",
                                   help="Limit for one stage (default KITTY_COREML_CONVERT_TIMEOUT_S, 14400)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
