@@ -17,7 +17,8 @@ from ..studio import RATIO_SIZES, RatioEntry, read_manifest, write_manifest
 from .progress import Reporter
 from .step import Step
 
-__all__ = ["RATIO_SOURCES", "ratio_options", "build_ratios", "write_studio_manifest", "ConvertedVariantsStep"]
+__all__ = ["RATIO_SOURCES", "ratio_options", "build_ratios", "write_studio_manifest", "ConvertedVariantsStep",
+           "converted_variants_steps"]
 
 RATIO_SOURCES: dict[str, tuple[str, int | None]] = {
     "sd21-palettized": ("stabilityai/stable-diffusion-2-1-base", 6),
@@ -87,21 +88,24 @@ class ConvertedVariantsStep(Step):
     def __init__(self, settings: Settings):
         self.settings = settings
 
-    def _converted(self) -> list[str]:
+    def converted(self) -> list[str]:
         registry = Registry(self.settings.registry_path)
         return [name for name in registry.names() if variants_of(self.settings.registry_path, name)]
-
-    def not_applicable(self) -> str | None:
-        return None if self._converted() else "no converted models are registered"
 
     def problems(self) -> list[str]:
         return variant_problems(self.settings.registry_path)
 
     def plan(self) -> dict[str, Any]:
-        return {"models": self._converted(), "commands": []}
+        return {"models": self.converted(), "commands": []}
 
     def run(self, reporter: Reporter) -> str:
         problems = self.problems()
         raise InstallError(f"a converted variant is broken: {problems[0]}",
                            hint="convert it again: `kitty-coreml convert SOURCE --size WxH --name NAME` "
                                 "(finished sub-models are reused)")
+
+
+def converted_variants_steps(settings: Settings) -> list[Step]:
+    """The step that checks converted variants, where any are registered (none: no step at all)."""
+    step = ConvertedVariantsStep(settings)
+    return [step] if step.converted() else []
