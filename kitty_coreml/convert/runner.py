@@ -23,14 +23,13 @@ from ..process import describe_exit, run_supervised
 from ..settings import Settings
 from .check import bundle_problems
 from .options import RESOURCE_ATTENTION, ConvertOptions
-from .register import Variant, register_variants
+from .register import VARIANT_RECEIPT, Variant, register_variants
 from .stages import OUT, REFINER_LINK, SOURCE_LINK, Stage, describe, plan_stages
 from .venv import ConverterVenvStep, venv_python
 
 __all__ = ["convert", "ConvertReport", "work_dir", "variant_dir", "estimate_bytes", "compiler_available"]
 
 _RECEIPT = ".kitty-stage.json"
-_VARIANT_RECEIPT = "kitty-variant.json"
 _FP16_BYTES = {"sd": 2_600_000_000, "sdxl": 7_000_000_000}
 """fp16 weights of a hub model's Unet, text encoder(s) and VAE, when nothing local can be measured."""
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt")
@@ -132,7 +131,7 @@ def _bundle_identity(stage: Stage, stages: list[Stage], work: Path) -> list[list
 
 def _installed(settings: Settings, options: ConvertOptions, stage: Stage, stages: list[Stage], work: Path) -> bool:
     assert stage.size is not None
-    receipt = read_json(variant_dir(settings, options.name, stage.size.label) / _VARIANT_RECEIPT)
+    receipt = read_json(variant_dir(settings, options.name, stage.size.label) / VARIANT_RECEIPT)
     return receipt is not None and receipt.get("made_from") == _bundle_identity(stage, stages, work)
 
 
@@ -228,7 +227,7 @@ def _install_bundle(settings: Settings, options: ConvertOptions, stage: Stage, s
         raise ModelError(f"the {stage.size.label} bundle failed its check and was not registered: "
                          f"{'; '.join(problems[:3])}{more}",
                          hint="run the same command again to compile it again; the .mlpackage files are kept")
-    write_json(resources / _VARIANT_RECEIPT, {"made_from": _bundle_identity(stage, stages, work),
+    write_json(resources / VARIANT_RECEIPT, {"made_from": _bundle_identity(stage, stages, work),
                                               "source": options.source.value})
     target = variant_dir(settings, options.name, stage.size.label)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..convert import ConvertOptions, Variant, convert, variants_of
-from ..convert.register import variant_problems
+from ..convert import ConvertOptions, Variant, convert
+from ..convert.register import converted_sizes, variant_problems
 from ..errors import InstallError
 from ..models import Registry
 from ..settings import Settings
@@ -89,8 +89,7 @@ class ConvertedVariantsStep(Step):
         self.settings = settings
 
     def converted(self) -> list[str]:
-        registry = Registry(self.settings.registry_path)
-        return [name for name in registry.names() if variants_of(self.settings.registry_path, name)]
+        return sorted(converted_sizes(self.settings.registry_path))
 
     def problems(self) -> list[str]:
         return variant_problems(self.settings.registry_path)

@@ -52,6 +52,11 @@ class Converter:
             return []
         return [json.loads(line) for line in self.log.read_text().splitlines()]
 
+    def sizes(self, name: str) -> list[dict]:
+        """Every size of a registered model: its own folder, then its variants."""
+        entry = self.registry()["models"][name]
+        return [{k: entry[k] for k in ("width", "height", "path")}, *entry.get("variants", [])]
+
     def registry(self) -> dict:
         path = self.home / "models.json"
         return json.loads(path.read_text()) if path.exists() else {"models": {}}

@@ -49,8 +49,7 @@ def test_folder_at_two_sizes_registers_checked_variants_and_reruns_as_done(conve
     assert first[first.index("--attention-implementation") + 1] == "SPLIT_EINSUM_V2"
     for line in ("[3/7] 512x512 Unet", "[6/7] 1024x576 Unet", "512x512 Unet| Converting unet to CoreML.."):
         assert line in run.stderr, line
-    entry = converter.registry()["models"][TINY]
-    sizes = {(v["width"], v["height"]): Path(v["path"]) for v in entry["variants"]}
+    sizes = {(v["width"], v["height"]): Path(v["path"]) for v in converter.sizes(TINY)}
     assert set(sizes) == {(512, 512), (1024, 576)}
     for (width, height), folder in sizes.items():
         info = inspect_resources(folder)
@@ -78,7 +77,7 @@ def test_hub_id_loads_from_the_hub_cache_and_a_missing_one_fails_in_one_line(con
     run = converter.run("example-org/tiny-sd", "--size", "512x512", extra_env={"HF_HUB_CACHE": str(tmp_path / "hub")})
     assert run.returncode == 0, run.stderr
     assert all(argv[argv.index("--model-version") + 1] == "example-org/tiny-sd" for argv in converter.calls())
-    variant = converter.registry()["models"]["tiny-sd"]["variants"][0]
+    variant = converter.sizes("tiny-sd")[0]
     assert (variant["width"], variant["height"]) == (512, 512)
 
 
@@ -96,7 +95,7 @@ def test_single_file_becomes_diffusers_first_then_converts(converter, smoke_fold
     assert (work / "diffusers" / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
     # torch2coreml is pointed at the diffusers folder by a path relative to the work folder (its cwd).
     assert {argv[argv.index("--model-version") + 1] for argv in converter.calls()} == {"diffusers"}
-    info = inspect_resources(Path(converter.registry()["models"]["my-model-v2"]["variants"][0]["path"]))
+    info = inspect_resources(Path(converter.sizes("my-model-v2")[0]["path"]))
     assert (info.width, info.height) == (768, 576)
 
 
@@ -127,7 +126,7 @@ def test_failure_midway_keeps_finished_sub_models_and_resumes(converter, smoke_f
     # The second run converted only the Unet (again, from scratch) and bundled.
     assert _stages_run(converter.calls()) == ["text-encoder", "vae-decoder@64x64", "unet@64x64", "unet@64x64", "bundle"]
     assert not (work / "512x512" / "unet.partial").exists()
-    assert [v["width"] for v in converter.registry()["models"][TINY]["variants"]] == [512]
+    assert [v["width"] for v in converter.sizes(TINY)] == [512]
 
 
 def test_ctrl_c_kills_the_converter_and_everything_under_it(converter, smoke_folder, tmp_path):
@@ -172,7 +171,7 @@ def test_a_bundle_whose_compile_failed_is_not_registered_and_is_compiled_again(c
     fixed = converter.run(str(smoke_folder), "--size", "512x512")
     assert fixed.returncode == 0, fixed.stderr
     assert _stages_run(converter.calls())[-2:] == ["bundle", "bundle"]
-    assert converter.registry()["models"][TINY]["variants"][0]["width"] == 512
+    assert converter.sizes(TINY)[0]["width"] == 512
 
 
 def test_a_failed_tokenizer_download_fails_the_check(converter, smoke_folder):
@@ -191,7 +190,7 @@ def test_options_reach_torch2coreml_and_the_bundle_is_checked_for_them(converter
     assert {argv[argv.index("--attention-implementation") + 1] for argv in calls[:-1]} == {"ORIGINAL"}
     unet = calls[3]
     assert "--chunk-unet" in unet and unet[unet.index("--quantize-nbits") + 1] == "6"
-    folder = Path(converter.registry()["models"]["tiny-gpu"]["variants"][0]["path"])
+    folder = Path(converter.sizes("tiny-gpu")[0]["path"])
     assert {p.name for p in folder.glob("*.mlmodelc")} == {
         "TextEncoder.mlmodelc", "UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc", "VAEDecoder.mlmodelc", "VAEEncoder.mlmodelc"}
     info = inspect_resources(folder)
@@ -275,7 +274,7 @@ def test_sdxl_with_a_refiner_bundles_both_unets_and_both_text_encoders(converter
     assert all("--xl-version" in argv for argv in calls)
     refiner_call = next(argv for argv in calls if argv[argv.index("--model-version") + 1] == "refiner-source")
     assert "--convert-unet" in refiner_call and "--refiner-version" not in refiner_call
-    folder = Path(converter.registry()["models"]["tiny-xl"]["variants"][0]["path"])
+    folder = Path(converter.sizes("tiny-xl")[0]["path"])
     assert {p.name for p in folder.glob("*.mlmodelc")} == {
         "TextEncoder.mlmodelc", "TextEncoder2.mlmodelc", "Unet.mlmodelc", "UnetRefiner.mlmodelc", "VAEDecoder.mlmodelc"}
     info = inspect_resources(folder)
