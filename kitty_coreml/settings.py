@@ -159,6 +159,13 @@ class Settings(BaseModel):
     s3_checksums: bool = False
     """KITTY_COREML_S3_CHECKSUMS: send boto3's CRC32 checksums on every upload (`when_supported`); by default
     only where an operation requires one (`when_required`): several S3 servers reject them."""
+    # convert (model conversion with Apple's torch2coreml)
+    converter_venv: Path | None = None
+    """KITTY_COREML_CONVERTER_VENV: the converter's own virtualenv (default HOME/converter-venv)."""
+    converter_python: str = "python3.11"
+    """KITTY_COREML_CONVERTER_PYTHON: the Python that creates it (Apple's pins need 3.11)."""
+    convert_timeout_s: float = 14400.0
+    """KITTY_COREML_CONVERT_TIMEOUT_S: the limit for one conversion stage (an SDXL Unet takes an hour)."""
 
     @property
     def images_root(self) -> Path:
@@ -244,6 +251,11 @@ class Settings(BaseModel):
             queue_name=_queue_name(get("KITTY_COREML_QUEUE_NAME")),
             # storage interoperability (interop)
             s3_checksums=parse_bool("KITTY_COREML_S3_CHECKSUMS", get("KITTY_COREML_S3_CHECKSUMS"), False),
+            # convert
+            converter_venv=_path(get("KITTY_COREML_CONVERTER_VENV")),
+            converter_python=(get("KITTY_COREML_CONVERTER_PYTHON") or "").strip() or "python3.11",
+            convert_timeout_s=_number("KITTY_COREML_CONVERT_TIMEOUT_S", get("KITTY_COREML_CONVERT_TIMEOUT_S"),
+                                      14400.0, 1),
         )
 
 

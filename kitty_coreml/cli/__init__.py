@@ -14,7 +14,7 @@ PROG = "kitty-coreml"
 # fast generation. Help and unknown commands load them all, in the order help lists them.
 _COMMAND_MODULES = {"generate": "generate", "batch": "batch", "images": "images", "publish": "publish",
                     "models": "models", "install": "install", "doctor": "doctor", "node": "node",
-                    "serve": "serve", "worker": "serve", "selftest": "selftest"}
+                    "serve": "serve", "worker": "serve", "selftest": "selftest", "convert": "convert"}
 
 
 def _load_commands(args: list[str]) -> None:

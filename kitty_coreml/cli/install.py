@@ -17,6 +17,9 @@ def install(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (repos, revisions, files, sizes, "
                                                           "commands) and do nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    ratios: bool = typer.Option(False, "--ratios", help="Build Studio's non-square ratios (4:3, 3:4, 16:9, 9:16) for "
+                                                        "the installed model with Apple's converter and write the "
+                                                        "Studio manifest (see `kitty-coreml convert --help`)."),
 ) -> None:
     """Set up the pinned binary, the warm worker, models and command links.
 
@@ -35,6 +38,11 @@ def install(
         raise InstallError("--verify and --dry-run: choose one")
     settings = load_settings()
     studio = StudioSettings.from_env()
+    if ratios:
+        from .convert import print_ratios_report
+
+        print_ratios_report(settings, studio.manifest_path, model, as_json=as_json)
+        return
     plan = runner.build_plan(settings, model or None, manifest_path=studio.manifest_path, strict=not dry_run,
                              user_home=studio.user_home)
     if dry_run:

@@ -15,6 +15,7 @@ from .links import LinkStep
 from .modelstep import ModelStep
 from .portable import DiffusersExtraStep, SmokeModelStep
 from .progress import Reporter
+from .ratios import converted_variants_steps
 from .step import Step
 from .studio_import import StudioImportStep, importable
 from .toolchain import CloneStep, SampleBuildStep, WorkerBuildStep
@@ -73,6 +74,7 @@ def build_plan(settings: Settings, models: list[str] | None, *, manifest_path: P
     if SMOKE in wanted:
         plan.steps.append(_Planned(DiffusersExtraStep()))
         plan.steps.append(_Planned(SmokeModelStep(settings)))
+    plan.steps += [_Planned(step) for step in converted_variants_steps(settings)]
     plan.steps.append(_Planned(LinkStep(settings)))
     return plan
 
