@@ -150,6 +150,18 @@ class Settings(BaseModel):
     ~/.local/bin, /opt/homebrew/bin, /usr/local/bin on PATH, else ~/.local/bin; `none`: no links."""
     search_path: tuple[Path, ...] = ()
     """PATH: the folders searched for programs (read here for choosing where to link the commands)."""
+    # security: the service's front door and dependency time limits (docs/security.md)
+    allowed_hosts: tuple[str, ...] = ()
+    """KITTY_COREML_ALLOWED_HOSTS: comma-separated extra Host names the service answers to (besides localhost,
+    the address it is reached on and this machine's names); `*` turns the Host check off (behind a proxy)."""
+    cors_origins: tuple[str, ...] = ()
+    """KITTY_COREML_CORS_ORIGINS: comma-separated origins (https://host:port) whose web pages may call the API;
+    `*` lets every origin, as KITTY's gateway does. Default: none (closed)."""
+    redis_timeout_s: float = 2.0
+    """KITTY_COREML_REDIS_TIMEOUT_S: longest wait for Redis on one call; past it the service answers 503."""
+    worker_lease_s: float = 30.0
+    """KITTY_COREML_WORKER_LEASE_S: a Redis worker renews its hold on a running job this often (x 1/4); a job
+    not renewed for this long belongs to a dead worker and is run again (once), then failed."""
 
     @property
     def images_root(self) -> Path:
@@ -230,7 +242,17 @@ class Settings(BaseModel):
                                    ("auto", "yes", "no"), "auto"),
             link_dir=_path(get("KITTY_COREML_LINK_DIR")),
             search_path=tuple(Path(p) for p in (get("PATH") or "").split(os.pathsep) if p),
+            # security
+            allowed_hosts=_names(get("KITTY_COREML_ALLOWED_HOSTS")),
+            cors_origins=_names(get("KITTY_COREML_CORS_ORIGINS")),
+            redis_timeout_s=_number("KITTY_COREML_REDIS_TIMEOUT_S", get("KITTY_COREML_REDIS_TIMEOUT_S"), 2.0, 0.1),
+            worker_lease_s=_number("KITTY_COREML_WORKER_LEASE_S", get("KITTY_COREML_WORKER_LEASE_S"), 30.0, 2),
         )
+
+
+def _names(raw: str | None) -> tuple[str, ...]:
+    """A comma-separated list; blanks dropped."""
+    return tuple(part.strip() for part in (raw or "").split(",") if part.strip())
 
 
 STUDIO_BACKENDS = {"coreml_diffusion": "coreml_diffusion", "coreml": "coreml_diffusion",

@@ -125,7 +125,8 @@ def _count(value: Any) -> int:
             number = float(value.strip())
         except ValueError:
             number = None
-    if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
+    if isinstance(number, bool) or not isinstance(number, int | float) or (
+            isinstance(number, float) and not math.isfinite(number)):
         raise InvalidRequest("count", value, "a number (floored, clamped to 1..8)")
     return max(1, min(MAX_COUNT, math.floor(number)))
 
@@ -196,6 +197,8 @@ def load_request(path: Path) -> StudioRequest:
         raise InvalidRequest("--request", str(path), f"UTF-8 JSON (byte {exc.start} is not UTF-8)") from None
     except ValueError as exc:
         raise InvalidRequest("--request", str(path), f"valid JSON (invalid request JSON: {exc})") from None
+    except RecursionError:
+        raise InvalidRequest("--request", str(path), "JSON nested less deeply (a request is a flat object)") from None
     return parse_request(data)
 
 
@@ -274,7 +277,8 @@ def read_manifest(path: Path) -> Manifest:
         if not isinstance(resource, str) or not resource.strip():
             raise ConfigError(f"Studio manifest {path}: ratio {label!r} has no resourcePath")
         sizes = [entry.get(k) for k in ("width", "height")]
-        width, height = (int(s) if isinstance(s, int | float) and not isinstance(s, bool) else None for s in sizes)
+        width, height = (int(s) if isinstance(s, int) and not isinstance(s, bool)
+                         or isinstance(s, float) and math.isfinite(s) else None for s in sizes)
         extra = {k: v for k, v in entry.items() if k not in ("resourcePath", "width", "height")}
         ratios[label] = RatioEntry(_expand(resource.strip(), path.parent.absolute()), width, height, extra)
     return Manifest(path=path, ratios=ratios, extra={k: v for k, v in data.items() if k not in ("schema", "ratios")})
@@ -632,6 +636,7 @@ def _run(args: list[str], env: Mapping[str, str] | None) -> dict[str, Any]:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)  # the terminal or the host went away: stop the same way
     progress: Callable[[Any], None] | None = _ndjson_progress if settings.progress == "ndjson" else None
     payload = answer(request, studio, settings, on_progress=progress, cancel=cancel)
     if cancel.cancelled:

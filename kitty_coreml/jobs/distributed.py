@@ -7,14 +7,27 @@ own process, which is also what lets it keep one engine warm between jobs.
 
 Progress travels in the job's meta; cancelling a started job sets a Redis key that the worker watches.
 Counters for /metrics live in one Redis hash, incremented by the workers.
+
+A worker that dies mid-job: RQ keeps each running job in its StartedJobRegistry with an expiry that the
+worker renews (RQ's execution heartbeat); a SimpleWorker renews it only between jobs, so ours renews it
+from a thread while the job runs, every quarter of KITTY_COREML_WORKER_LEASE_S. A job whose renewals stop
+is "abandoned": RQ's registry cleanup, run by every worker's maintenance, retries it while it has retries
+left (Retry(max=MAX_ATTEMPTS - 1), used only for abandonment: an ordinary failure clears them), then fails it.
+
+Redis down or hung: every call has a short timeout (KITTY_COREML_REDIS_TIMEOUT_S) and becomes a
+ServiceError (HTTP 503) naming Redis; workers wait with backoff until it is back, and stop cleanly.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Cancelled, ConfigError, KittyError, QueueFull, ServiceError
@@ -23,7 +36,12 @@ from .base import CANCELLED, DONE, ERROR, QUEUED, STARTED, new_job_id
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["RedisQueue", "run_job", "run_worker", "QUEUE_NAME"]
+__all__ = ["RedisQueue", "run_job", "run_worker", "QUEUE_NAME", "MAX_ATTEMPTS"]
+
+MAX_ATTEMPTS = 2
+"""A job whose worker died runs once more; a second death fails it (as the embedded queue does)."""
+_ABANDONED = "AbandonedJobError"
+_BACKOFF_MAX_S = 30.0
 
 QUEUE_NAME = "kitty-coreml-images"
 _METRICS_KEY = "kitty-coreml:metrics"
@@ -36,12 +54,20 @@ _worker_settings: Settings | None = None
 _worker_engines = None
 
 
-def _connect(url: str):
+def _connect(url: str, timeout_s: float):
     from redis import Redis
 
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"queue: got {url!r}; allowed: a redis://host:port/db URL")
-    return Redis.from_url(url)
+    try:
+        return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    except ValueError as exc:
+        raise ConfigError(f"queue: got {url!r}; allowed: a redis://host:port/db URL ({exc})") from None
+
+
+def _unreachable(url: str, exc: BaseException) -> ServiceError:
+    return ServiceError(f"cannot reach Redis at {url}: {exc or type(exc).__name__}",
+                        hint="start redis-server or fix REDIS_URL; queued jobs wait in Redis")
 
 
 def _ping(connection: Any, url: str) -> None:
@@ -50,7 +76,22 @@ def _ping(connection: Any, url: str) -> None:
     try:
         connection.ping()
     except RedisError as exc:
-        raise ServiceError(f"cannot reach Redis at {url}: {exc}", hint="start redis-server or fix REDIS_URL") from None
+        raise _unreachable(url, exc) from None
+
+
+def _redis_call(method: Callable) -> Callable:
+    """A RedisQueue method whose Redis failure (down, hung past the timeout) is a ServiceError: HTTP 503."""
+
+    @functools.wraps(method)
+    def call(self: RedisQueue, *args: Any, **kwargs: Any) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            return method(self, *args, **kwargs)
+        except RedisError as exc:
+            raise _unreachable(self.url, exc) from None
+
+    return call
 
 
 def _iso(stamp: Any) -> str | None:
@@ -69,19 +110,22 @@ class RedisQueue:
 
         self.settings = settings
         self.url = url
-        self.redis = _connect(url)
+        self.redis = _connect(url, settings.redis_timeout_s)
         _ping(self.redis, url)
         self.queue = Queue(QUEUE_NAME, connection=self.redis)
 
+    @_redis_call
     def submit(self, request: dict[str, Any]) -> dict[str, Any]:
         waiting = self.queue.count
         if waiting >= self.settings.queue_max:
             raise QueueFull(f"the queue already holds {waiting} job(s), its limit (KITTY_COREML_QUEUE_MAX)",
                             hint="try again when some have finished")
         timeout = request.get("timeout_s") or self.settings.timeout_s
+        from rq import Retry
+
         job = self.queue.enqueue(run_job, request, job_id=new_job_id(), job_timeout=int(timeout) + 120,
                                  result_ttl=int(self.settings.job_retention_s),
-                                 failure_ttl=int(self.settings.job_retention_s))
+                                 failure_ttl=int(self.settings.job_retention_s), retry=Retry(max=MAX_ATTEMPTS - 1))
         return self._view(job)
 
     def _fetch(self, job_id: str):
@@ -101,7 +145,7 @@ class RedisQueue:
         meta = job.get_meta(refresh=True)
         view: dict[str, Any] = {"job_id": job.id, "created_at": _iso(job.enqueued_at or job.created_at),
                                 "started_at": _iso(job.started_at), "finished_at": _iso(job.ended_at),
-                                "attempts": 1 if job.started_at else 0}
+                                "attempts": meta.get("attempts", 1 if job.started_at else 0)}
         if meta.get("worker"):
             view["worker"] = meta["worker"]
         if status in ("queued", "deferred", "scheduled"):
@@ -124,12 +168,18 @@ class RedisQueue:
             view["status"] = ERROR
             view["error"] = meta.get("error") or _last_line(job.latest_result())
             view["error_code"] = meta.get("error_code") or "worker_failed"
+            if _ABANDONED in view["error"]:
+                view["error"] = (f"its worker died while running it, {MAX_ATTEMPTS} times "
+                                 "(killed, or lost its connection to Redis)")
+                view["error_code"] = "interrupted"
         return view
 
+    @_redis_call
     def get(self, job_id: str) -> dict[str, Any] | None:
         job = self._fetch(job_id)
         return self._view(job) if job is not None else None
 
+    @_redis_call
     def cancel(self, job_id: str) -> dict[str, Any] | None:
         job = self._fetch(job_id)
         if job is None:
@@ -144,12 +194,14 @@ class RedisQueue:
             self.redis.set(_CANCEL_KEY.format(job_id), "cancelled through the API", ex=int(self.settings.timeout_s) + 300)
         return self._view(job)
 
+    @_redis_call
     def progress_since(self, job_id: str, after: int) -> list[dict[str, Any]]:
         """The newest progress event, when it is newer than `after`: workers write a sample, not a log."""
         job = self._fetch(job_id)
         progress = job.get_meta(refresh=True).get("progress") if job is not None else None
         return [progress] if progress and progress.get("seq", 0) > after else []
 
+    @_redis_call
     def stats(self) -> dict[str, Any]:
         from rq import Worker
 
@@ -158,6 +210,7 @@ class RedisQueue:
                 CANCELLED: self.queue.canceled_job_registry.count, "max_queued": self.settings.queue_max,
                 "workers": Worker.count(queue=self.queue), "retention_s": self.settings.job_retention_s}
 
+    @_redis_call
     def counters(self) -> dict[str, float]:
         return {k.decode(): float(v) for k, v in self.redis.hgetall(_METRICS_KEY).items()}
 
@@ -188,6 +241,7 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     redis = job.connection
     job.meta["worker"] = f"{socket.gethostname()}:{os.getpid()}"
+    job.meta["attempts"] = job.meta.get("attempts", 0) + 1
     job.save_meta()
     token = CancelToken()
     finished = threading.Event()
@@ -215,6 +269,7 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
         result, seconds, publish_failed = run_request(request, settings, _worker_engines, cancel=token,
                                                       on_progress=on_progress)
     except KittyError as exc:
+        job.retries_left = 0  # retries are for a worker that died, not for a job that failed
         job.meta.update(error=exc.one_line(), error_code="cancelled" if isinstance(exc, Cancelled) else exc.code)
         job.save_meta()
         redis.hincrbyfloat(_METRICS_KEY, f"jobs_{CANCELLED if isinstance(exc, Cancelled) else ERROR}_total", 1)
@@ -231,20 +286,94 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str | None = None) -> bool:
-    """Pull and run jobs until stopped (SIGINT/SIGTERM) or, with burst, until the queue is empty."""
+def _leased_worker_class():
+    from rq.worker import SimpleWorker, WorkerStatus
+
+    class LeasedWorker(SimpleWorker):
+        """A SimpleWorker that renews its running job's hold in RQ's StartedJobRegistry while the job runs,
+        so a killed worker's job expires after one lease instead of after its whole timeout."""
+
+        lease_s = 30.0
+
+        def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
+            return max(1, int(self.lease_s))
+
+        def execute_job(self, job: Any, queue: Any) -> None:
+            execution = self.prepare_execution(job)
+            done = threading.Event()
+
+            def renew() -> None:
+                from redis.exceptions import RedisError
+
+                while not done.wait(self.lease_s / 4):
+                    try:
+                        self.maintain_heartbeats(job, execution)
+                    except RedisError:
+                        pass  # Redis is away; the next renewal tries again
+
+            beat = threading.Thread(target=renew, name="kitty-coreml-lease", daemon=True)
+            beat.start()
+            try:
+                self.perform_job(job, queue, execution)
+            finally:
+                done.set()
+                beat.join()
+            self.set_state(WorkerStatus.IDLE)
+
+    return LeasedWorker
+
+
+def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str | None = None,
+               notify: Callable[[str], None] | None = None) -> bool:
+    """Pull and run jobs until stopped (SIGINT/SIGTERM) or, with burst, until the queue is empty. While
+    Redis is unreachable the worker waits, with backoff, and a stop signal still ends it cleanly."""
+    from redis.exceptions import RedisError
     from rq import Queue
-    from rq.worker import SimpleWorker
 
     from .execute import WarmEngines
 
     global _worker_settings, _worker_engines
-    connection = _connect(url)
+    say = notify or (lambda text: (sys.stderr.write(f"kitty-coreml worker: {text}\n"), sys.stderr.flush()))
+    connection = _connect(url, settings.redis_timeout_s)
     _ping(connection, url)
     _worker_settings = settings
     _worker_engines = WarmEngines(settings)
-    worker = SimpleWorker([Queue(QUEUE_NAME, connection=connection)], connection=connection, name=name)
+    worker_class = _leased_worker_class()
+    worker_class.lease_s = settings.worker_lease_s
+    lease = int(settings.worker_lease_s)
+    backoff = 1.0
+    worked = False
     try:
-        return worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+        while True:
+            # worker_ttl - 15 is how long RQ blocks waiting for a job: keep it near the lease, so that idle
+            # workers also run the maintenance that requeues abandoned jobs about once per lease.
+            worker = worker_class([Queue(QUEUE_NAME, connection=connection)], connection=connection, name=name,
+                                  worker_ttl=lease + 15, job_monitoring_interval=lease, maintenance_interval=lease)
+            try:
+                worked = worker.work(burst=burst, with_scheduler=False, logging_level="WARNING") or worked
+            except RedisError as exc:
+                if worker._shutdown_requested_date is not None:
+                    say(f"stopped (Redis at {url} unreachable: {exc})")
+                    return worked
+                say(f"lost Redis at {url} ({exc}); retrying in {backoff:g} s")
+            else:
+                if burst or worker._shutdown_requested_date is not None:
+                    return worked
+                say(f"Redis at {url} stopped answering; retrying in {backoff:g} s")
+            if _stop_requested_within(backoff):
+                say("stopped")
+                return worked
+            backoff = min(backoff * 2, _BACKOFF_MAX_S)
     finally:
         _worker_engines.close()
+
+
+def _stop_requested_within(seconds: float) -> bool:
+    """Wait, but end at once on SIGINT/SIGTERM (RQ's own handlers are not installed between its loops)."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return stop.wait(seconds)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
