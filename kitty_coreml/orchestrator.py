@@ -90,8 +90,6 @@ def choose_engine(request: GenerationRequest, settings: Settings, model: ModelIn
                   prefer_warm: bool = False) -> str:
     """The engine a request runs on: the one it names, else KITTY_COREML_ENGINE, else by model format."""
     wanted = request.engine or settings.engine
-    if wanted not in ENGINE_NAMES:
-        raise InvalidRequest("engine", wanted, " | ".join(ENGINE_NAMES))
     if wanted == "auto":
         if model.format == "procedural":
             return "mock"
@@ -174,6 +172,8 @@ def resolve(request: GenerationRequest, settings: Settings, *, prefer_warm: bool
             engine_name: str | None = None) -> tuple[GenerationRequest, ModelInfo, str, str, list[str]]:
     """(request with seed and run id filled in, model, engine name, compute units, warnings)."""
     _check_prefix(settings.prefix)
+    if request.engine is not None and request.engine not in ENGINE_NAMES:  # before any model is looked up
+        raise InvalidRequest("engine", request.engine, " | ".join(ENGINE_NAMES))
     model = _model_for(request, settings)
     name = engine_name or choose_engine(request, settings, model, prefer_warm=prefer_warm)
     compute_units = request.compute_units or default_compute_units(model)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from .errors import ConfigError
 
@@ -163,6 +163,23 @@ class Settings(BaseModel):
     """KITTY_COREML_WORKER_LEASE_S: a Redis worker renews its hold on a running job this often (x 1/4); a job
     not renewed for this long belongs to a dead worker and is run again (once), then failed."""
 
+    @field_validator("home")
+    @classmethod
+    def _home_is_a_folder(cls, home: Path) -> Path:
+        if home.exists() and not home.is_dir():
+            raise ConfigError(f"KITTY_COREML_HOME: got {str(home)!r}, which is a file; allowed: a folder "
+                              "(made when missing)")
+        return home
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, url: str | None) -> str | None:
+        problem = url and http_url_problem(url)
+        if problem:
+            raise ConfigError(f"S3_ENDPOINT_URL: got {url!r} ({problem}); allowed: an http:// or https:// URL "
+                              "like http://127.0.0.1:9000")
+        return url
+
     @property
     def images_root(self) -> Path:
         """Root of the local store: keys like images/20261121_101500_abcd1234.png live under it."""
@@ -248,6 +265,22 @@ class Settings(BaseModel):
             redis_timeout_s=_number("KITTY_COREML_REDIS_TIMEOUT_S", get("KITTY_COREML_REDIS_TIMEOUT_S"), 2.0, 0.1),
             worker_lease_s=_number("KITTY_COREML_WORKER_LEASE_S", get("KITTY_COREML_WORKER_LEASE_S"), 30.0, 2),
         )
+
+
+def http_url_problem(url: str) -> str | None:
+    """What is wrong with an http(s) URL a person typed, or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check (out of range, not a number)
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "not http:// or https://"
+    if not parts.hostname:
+        return "no host name"
+    return None
 
 
 def _names(raw: str | None) -> tuple[str, ...]:

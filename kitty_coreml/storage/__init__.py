@@ -27,7 +27,7 @@ def resolve_ref(store: Store, ref: str, prefix: str) -> str:
     """An image reference as users type it: a 1-based index into the newest-first listing, a key, or a
     file name inside the prefix."""
     ref = ref.strip()
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit():  # "²" is a digit to str.isdigit, not to int()
         index = int(ref)
         if index < 1:
             raise NotFound(f"image index {ref}: indexes start at 1 (1 is the newest)")

@@ -80,3 +80,64 @@ def test_sigterm_puts_the_running_job_back_and_a_restart_runs_it(env, service_fa
     with restarted.client() as client:
         job = wait_job(client, job_id)
         assert job["status"] == "done" and job["attempts"] == 1  # a clean stop does not use up the retry
+
+
+def test_a_second_serve_on_the_same_home_leaves_the_running_job_alone(env, service_factory, tmp_path, home):
+    from tests.proc_utils import read_pid, wait_gone
+
+    pid_file = tmp_path / "engine.pid"
+    first = service_factory({**env, "FAKE_SD_HANG_AT_STEP": "1", "FAKE_SD_PID_FILE": str(pid_file)})
+    with first.client() as client:
+        job_id = client.post("/api/images/generate", json={"prompt": "owned", "steps": 4}).json()["job_id"]
+        wait_job(client, job_id, states=("started",))
+    engine = read_pid(pid_file)
+    second = service_factory(env)  # same home; its recovery must not take a job whose owner runs
+    assert not any("requeued" in line for line in second.log), second.log
+    with second.client() as client:
+        job = client.get(f"/api/images/jobs/{job_id}").json()
+        assert job["status"] == "started" and job["attempts"] == 1, job
+    first.stop(signal.SIGKILL)
+    wait_gone(engine)  # the engine died with its service
+    third = service_factory(env)  # the owner is gone now: its job runs again, once
+    assert any("1 requeued" in line for line in third.log), third.log
+    with third.client() as client:
+        job = wait_job(client, job_id)
+        assert job["status"] == "done" and job["attempts"] == 2, job
+        keys = [item["key"] for item in client.get("/api/images/latest").json()["items"]]
+        assert keys == [job["result"]["png_key"]]  # one image for a count-1 job
+
+
+def test_a_killed_redis_worker_s_job_runs_again_once_then_fails(env, service_factory, redis_url, tmp_path):
+    from tests.proc_utils import read_pid, wait_gone
+
+    from .conftest import start_worker, stop_process
+
+    worker_env = {**env, "KITTY_COREML_ENGINE": "sample", "KITTY_COREML_WORKER_LEASE_S": "3"}
+    service = service_factory(env, "--queue", redis_url)
+
+    def hanging_worker(attempt: int) -> tuple:
+        pid_file = tmp_path / f"engine-{attempt}.pid"
+        worker = start_worker({**worker_env, "FAKE_SD_HANG_AT_STEP": "1", "FAKE_SD_PID_FILE": str(pid_file)},
+                              redis_url)
+        wait_until(lambda: client.get(f"/api/images/jobs/{job_id}").json().get("attempts") == attempt
+                   and client.get(f"/api/images/jobs/{job_id}").json()["status"] == "started", 60,
+                   f"attempt {attempt} to start")
+        return worker, read_pid(pid_file)
+
+    with service.client() as client:
+        job_id = client.post("/api/images/generate", json={"prompt": "abandoned", "steps": 4}).json()["job_id"]
+        for attempt in (1, 2):
+            worker, engine = hanging_worker(attempt)
+            worker.kill()  # SIGKILL mid-job: no chance to report anything
+            worker.wait(timeout=30)
+            wait_gone(engine)  # its engine did not outlive it
+        healthy = start_worker(worker_env, redis_url)
+        try:
+            failed = wait_job(client, job_id)
+            assert failed["status"] == "error" and failed["error_code"] == "interrupted", failed
+            assert "worker died" in failed["error"] and failed["attempts"] == 2
+            fresh = client.post("/api/images/generate", json={"prompt": "after", "steps": 2}).json()["job_id"]
+            done = wait_job(client, fresh)
+            assert done["status"] == "done" and done["attempts"] == 1, done
+        finally:
+            stop_process(healthy)
