@@ -159,6 +159,8 @@ class Settings(BaseModel):
     `*` lets every origin, as KITTY's gateway does. Default: none (closed)."""
     redis_timeout_s: float = 2.0
     """KITTY_COREML_REDIS_TIMEOUT_S: longest wait for Redis on one call; past it the service answers 503."""
+    s3_timeout_s: float = 60.0
+    """KITTY_COREML_S3_TIMEOUT_S: longest wait for one answer from S3 (a hung server); the connect waits at most 5 s."""
     worker_lease_s: float = 30.0
     """KITTY_COREML_WORKER_LEASE_S: a Redis worker renews its hold on a running job this often (x 1/4); a job
     not renewed for this long belongs to a dead worker and is run again (once), then failed."""
@@ -263,6 +265,7 @@ class Settings(BaseModel):
             allowed_hosts=_names(get("KITTY_COREML_ALLOWED_HOSTS")),
             cors_origins=_names(get("KITTY_COREML_CORS_ORIGINS")),
             redis_timeout_s=_number("KITTY_COREML_REDIS_TIMEOUT_S", get("KITTY_COREML_REDIS_TIMEOUT_S"), 2.0, 0.1),
+            s3_timeout_s=_number("KITTY_COREML_S3_TIMEOUT_S", get("KITTY_COREML_S3_TIMEOUT_S"), 60.0, 0.1),
             worker_lease_s=_number("KITTY_COREML_WORKER_LEASE_S", get("KITTY_COREML_WORKER_LEASE_S"), 30.0, 2),
         )
 

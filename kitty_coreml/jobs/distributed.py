@@ -286,7 +286,7 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _leased_worker_class():
+def _leased_worker_class(stop: threading.Event):
     from rq.worker import SimpleWorker, WorkerStatus
 
     class LeasedWorker(SimpleWorker):
@@ -297,6 +297,12 @@ def _leased_worker_class():
 
         def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
             return max(1, int(self.lease_s))
+
+        def _install_signal_handlers(self) -> None:
+            super()._install_signal_handlers()
+            if stop.is_set():  # a stop signal came before RQ's handlers were in place: honour it
+                self._stop_requested = True
+                self._shutdown_requested_date = now_utc()
 
         def execute_job(self, job: Any, queue: Any) -> None:
             execution = self.prepare_execution(job)
@@ -323,6 +329,12 @@ def _leased_worker_class():
     return LeasedWorker
 
 
+def now_utc():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
+
+
 def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str | None = None,
                notify: Callable[[str], None] | None = None) -> bool:
     """Pull and run jobs until stopped (SIGINT/SIGTERM) or, with burst, until the queue is empty. While
@@ -334,46 +346,48 @@ def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str |
 
     global _worker_settings, _worker_engines
     say = notify or (lambda text: (sys.stderr.write(f"kitty-coreml worker: {text}\n"), sys.stderr.flush()))
+    stop = threading.Event()  # RQ's own handlers replace ours while it works; ours cover the rest
+
+    def on_stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    def own_signals() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_stop)
+
+    own_signals()
     connection = _connect(url, settings.redis_timeout_s)
     _ping(connection, url)
     _worker_settings = settings
     _worker_engines = WarmEngines(settings)
-    worker_class = _leased_worker_class()
+    worker_class = _leased_worker_class(stop)
     worker_class.lease_s = settings.worker_lease_s
     lease = int(settings.worker_lease_s)
     backoff = 1.0
     worked = False
     try:
-        while True:
+        while not stop.is_set():
             # worker_ttl - 15 is how long RQ blocks waiting for a job: keep it near the lease, so that idle
             # workers also run the maintenance that requeues abandoned jobs about once per lease.
             worker = worker_class([Queue(QUEUE_NAME, connection=connection)], connection=connection, name=name,
                                   worker_ttl=lease + 15, job_monitoring_interval=lease, maintenance_interval=lease)
+            lost: BaseException | None = None
             try:
                 worked = worker.work(burst=burst, with_scheduler=False, logging_level="WARNING") or worked
             except RedisError as exc:
-                if worker._shutdown_requested_date is not None:
-                    say(f"stopped (Redis at {url} unreachable: {exc})")
-                    return worked
-                say(f"lost Redis at {url} ({exc}); retrying in {backoff:g} s")
-            else:
-                if burst or worker._shutdown_requested_date is not None:
-                    return worked
-                say(f"Redis at {url} stopped answering; retrying in {backoff:g} s")
-            if _stop_requested_within(backoff):
-                say("stopped")
+                lost = exc
+            finally:
+                own_signals()
+            if worker._shutdown_requested_date is not None or stop.is_set():
+                say("stopped" + (f" (Redis at {url} unreachable: {lost})" if lost else ""))
                 return worked
+            if burst and lost is None:
+                return worked
+            say(f"lost Redis at {url} ({lost or 'it stopped answering'}); retrying in {backoff:g} s")
+            if stop.wait(backoff):
+                break
             backoff = min(backoff * 2, _BACKOFF_MAX_S)
+        say("stopped")
+        return worked
     finally:
         _worker_engines.close()
-
-
-def _stop_requested_within(seconds: float) -> bool:
-    """Wait, but end at once on SIGINT/SIGTERM (RQ's own handlers are not installed between its loops)."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return stop.wait(seconds)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

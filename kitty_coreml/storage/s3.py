@@ -124,7 +124,8 @@ class S3Store:
         return cls(bucket=settings.s3_bucket, prefix=settings.prefix, endpoint_url=settings.s3_endpoint_url,
                    region=settings.s3_region, access_key=settings.s3_access_key,
                    secret_key=settings.s3_secret_key, create_bucket=settings.s3_create_bucket,
-                   presign_expiry_s=settings.presign_expiry_s, retry_total_s=settings.s3_retry_total_s)
+                   presign_expiry_s=settings.presign_expiry_s, retry_total_s=settings.s3_retry_total_s,
+                   connect_timeout_s=min(5.0, settings.s3_timeout_s), read_timeout_s=settings.s3_timeout_s)
 
     # -- calls, retries and errors -------------------------------------------------------------
 

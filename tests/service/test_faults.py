@@ -6,9 +6,9 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.proc_utils import wait_until
+from tests.proc_utils import read_pid, wait_gone, wait_until
 
-from .conftest import wait_job
+from .conftest import start_worker, stop_process, wait_job
 
 
 def crash_once_binary(folder: Path, fake_bin: Path, marker: Path) -> Path:
@@ -65,15 +65,18 @@ def test_kill_9_with_jobs_queued_then_restart_finishes_every_job(env, service_fa
         wait_until(lambda: client.get("/api/images/stats").json()["done"] == 5, 10, "stats to count 5 done")
 
 
-def test_sigterm_puts_the_running_job_back_and_a_restart_runs_it(env, service_factory, tmp_path):
-    from tests.proc_utils import read_pid, wait_gone
-
+def hanging_job(env, service_factory, tmp_path: Path, prompt: str) -> tuple:
+    """A service whose engine hangs at step 1 of the one job submitted: (service, job id, engine pid)."""
     pid_file = tmp_path / "engine.pid"
     service = service_factory({**env, "FAKE_SD_HANG_AT_STEP": "1", "FAKE_SD_PID_FILE": str(pid_file)})
     with service.client() as client:
-        job_id = client.post("/api/images/generate", json={"prompt": "interrupted", "steps": 4}).json()["job_id"]
+        job_id = client.post("/api/images/generate", json={"prompt": prompt, "steps": 4}).json()["job_id"]
         wait_job(client, job_id, states=("started",))
-    engine_pid = read_pid(pid_file)
+    return service, job_id, read_pid(pid_file)
+
+
+def test_sigterm_puts_the_running_job_back_and_a_restart_runs_it(env, service_factory, tmp_path):
+    service, job_id, engine_pid = hanging_job(env, service_factory, tmp_path, "interrupted")
     service.stop(signal.SIGTERM)  # uvicorn shuts down gracefully, then re-raises the signal
     wait_gone(engine_pid)  # the engine went down with the service
     restarted = service_factory(env)
@@ -82,15 +85,8 @@ def test_sigterm_puts_the_running_job_back_and_a_restart_runs_it(env, service_fa
         assert job["status"] == "done" and job["attempts"] == 1  # a clean stop does not use up the retry
 
 
-def test_a_second_serve_on_the_same_home_leaves_the_running_job_alone(env, service_factory, tmp_path, home):
-    from tests.proc_utils import read_pid, wait_gone
-
-    pid_file = tmp_path / "engine.pid"
-    first = service_factory({**env, "FAKE_SD_HANG_AT_STEP": "1", "FAKE_SD_PID_FILE": str(pid_file)})
-    with first.client() as client:
-        job_id = client.post("/api/images/generate", json={"prompt": "owned", "steps": 4}).json()["job_id"]
-        wait_job(client, job_id, states=("started",))
-    engine = read_pid(pid_file)
+def test_a_second_serve_on_the_same_home_leaves_the_running_job_alone(env, service_factory, tmp_path):
+    first, job_id, engine = hanging_job(env, service_factory, tmp_path, "owned")
     second = service_factory(env)  # same home; its recovery must not take a job whose owner runs
     assert not any("requeued" in line for line in second.log), second.log
     with second.client() as client:
@@ -108,9 +104,6 @@ def test_a_second_serve_on_the_same_home_leaves_the_running_job_alone(env, servi
 
 
 def test_a_killed_redis_worker_s_job_runs_again_once_then_fails(env, service_factory, redis_url, tmp_path):
-    from tests.proc_utils import read_pid, wait_gone
-
-    from .conftest import start_worker, stop_process
 
     worker_env = {**env, "KITTY_COREML_ENGINE": "sample", "KITTY_COREML_WORKER_LEASE_S": "3"}
     service = service_factory(env, "--queue", redis_url)
