@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.proc_utils import gone, wait_gone
-from tests.service.conftest import free_port, mock_env, service_factory  # noqa: F401 - fixtures used here
+from tests.service.conftest import free_port, mock_env, mock_service, service_factory  # noqa: F401 - fixtures
+from tests.studio.conftest import bundles, fake  # noqa: F401 - fixtures
 
 ONE_LINE_ERROR = "kitty-coreml: error: "
 
