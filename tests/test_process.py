@@ -1,4 +1,4 @@
-"""process.py on its own: tree kill, the parent-death watchdog used on macOS, exit descriptions."""
+"""process.py on its own: tree kill, the parent-death watchdog (every platform), exit descriptions."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+
+import psutil
 
 from kitty_coreml.process import describe_exit
 from tests.proc_utils import read_pid, wait_gone
@@ -17,8 +19,8 @@ PARENT = textwrap.dedent("""
     from kitty_coreml.process import run_supervised
     folder = Path(sys.argv[1])
     script = f"sleep 1000 & echo $! > {folder}/grandchild.tmp; mv {folder}/grandchild.tmp {folder}/grandchild; wait"
-    run_supervised(["sh", "-c", script], cwd=folder, timeout_s=1000, use_pty=False,
-                   watchdog=sys.argv[2] == "watchdog")
+    options = {} if sys.argv[2] == "default" else {"watchdog": sys.argv[2] == "watchdog"}
+    run_supervised(["sh", "-c", script], cwd=folder, timeout_s=1000, use_pty=False, **options)
 """)
 
 
@@ -31,6 +33,45 @@ def test_watchdog_kills_the_group_when_the_parent_is_killed(tmp_path):
     parent, grandchild = _start_parent(tmp_path, "watchdog")
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=30)
+    wait_gone(grandchild)
+
+
+def test_by_default_the_grandchildren_die_with_a_sigkilled_parent(tmp_path):
+    """PR_SET_PDEATHSIG alone would kill only `sh`; the grandchild in its group must go too."""
+    parent, grandchild = _start_parent(tmp_path, "default")
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    wait_gone(grandchild)
+
+
+# A supervisor whose child ignores SIGTERM and so uses the whole kill grace; a second Ctrl-C cuts it short.
+STUBBORN = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from kitty_coreml.errors import Cancelled
+    from kitty_coreml.process import run_supervised
+    folder = Path(sys.argv[1])
+    script = (f"trap 'touch {folder}/termed' TERM; sleep 1000 & echo $! > {folder}/grandchild.tmp; "
+              f"mv {folder}/grandchild.tmp {folder}/grandchild; while :; do sleep 1; done")
+    try:
+        run_supervised(["sh", "-c", script], cwd=folder, timeout_s=1000, use_pty=False)
+    except Cancelled as exc:
+        print(exc.message, flush=True)
+""")
+
+
+def test_a_second_interrupt_during_the_grace_still_kills_the_tree(tmp_path):
+    from tests.proc_utils import wait_until
+
+    parent = subprocess.Popen([sys.executable, "-c", STUBBORN, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    grandchild = read_pid(tmp_path / "grandchild")
+    shell = psutil.Process(grandchild).ppid()
+    parent.send_signal(signal.SIGINT)
+    wait_until((tmp_path / "termed").exists, 30, "the shell to get SIGTERM")  # the grace has begun
+    parent.send_signal(signal.SIGINT)
+    out, _ = parent.communicate(timeout=30)
+    assert "interrupted again, killed at once" in out
+    wait_gone(shell)
     wait_gone(grandchild)
 
 

@@ -126,3 +126,16 @@ def test_a_manifest_size_too_big_for_an_integer_is_ignored_not_a_crash(fake: Pro
     assert read_manifest(manifest_path).ratios["1:1"].width is None  # unknown: the model's size is read instead
     made = fake.run(request())
     assert made.returncode == 0 and made.answer["images"][0]["width"] == 512
+
+
+def test_a_studio_run_id_is_a_label_not_a_path(fake: Provider, tmp_path):
+    from kitty_coreml.seeds import studio_seed
+
+    log = tmp_path / "argv.jsonl"
+    home = Path(fake.env["KITTY_COREML_HOME"])
+    made = fake.run(request(prompt="a red cube", runId="../../../studio-escape"),
+                    extra_env={"FAKE_SD_ARGV_LOG": str(log)})
+    assert made.returncode == 0, made.stderr
+    assert made.answer["metadata"]["seed"] == studio_seed("a red cube", "../../../studio-escape")  # the host's seed
+    cwd = Path(json.loads(log.read_text())["cwd"])
+    assert cwd.resolve().parent == (home / "runs").resolve()
