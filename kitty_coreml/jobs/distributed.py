@@ -21,6 +21,8 @@ ServiceError (HTTP 503) naming Redis; workers wait with backoff until it is back
 from __future__ import annotations
 
 import functools
+import inspect
+import logging
 import os
 import signal
 import socket
@@ -166,12 +168,16 @@ class RedisQueue:
             view["error_code"] = "cancelled"
         else:
             view["status"] = ERROR
-            view["error"] = meta.get("error") or _last_line(job.latest_result())
-            view["error_code"] = meta.get("error_code") or "worker_failed"
-            if _ABANDONED in view["error"]:
+            failure = "" if meta.get("error") else _failure_text(job)
+            if meta.get("error"):  # run_job's own record of a KittyError
+                view["error"], view["error_code"] = meta["error"], meta.get("error_code") or "worker_failed"
+            elif not failure or _ABANDONED in failure:
+                # RQ's cleanup failed it as abandoned (RQ 1.x sets the status a moment before the text)
                 view["error"] = (f"its worker died while running it, {MAX_ATTEMPTS} times "
                                  "(killed, or lost its connection to Redis)")
                 view["error_code"] = "interrupted"
+            else:
+                view["error"], view["error_code"] = failure.splitlines()[-1], "worker_failed"
         return view
 
     @_redis_call
@@ -221,9 +227,9 @@ class RedisQueue:
         self.redis.close()
 
 
-def _last_line(result: Any) -> str:
-    text = (getattr(result, "exc_string", None) or "the worker failed without a message").strip()
-    return text.splitlines()[-1] if text else "the worker failed without a message"
+def _failure_text(job: Any) -> str:
+    """RQ's record of a failure: its latest result, else (RQ 1.x, an abandoned job) exc_info; "" if none."""
+    return (getattr(job.latest_result(), "exc_string", None) or job.exc_info or "").strip()
 
 
 def run_job(request: dict[str, Any]) -> dict[str, Any]:
@@ -287,16 +293,23 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _leased_worker_class(stop: threading.Event):
-    from rq.worker import SimpleWorker, WorkerStatus
+    from rq.worker import SimpleWorker
 
     class LeasedWorker(SimpleWorker):
         """A SimpleWorker that renews its running job's hold in RQ's StartedJobRegistry while the job runs,
-        so a killed worker's job expires after one lease instead of after its whole timeout."""
+        so a killed worker's job expires after one lease instead of after its whole timeout. Written
+        against RQ's public worker hooks as they are from 1.16 (the floor) to 3.x."""
 
         lease_s = 30.0
+        _lease_execution: Any = None
 
-        def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
+        def get_heartbeat_ttl(self, job: Any, *args: Any, **kwargs: Any) -> int:
             return max(1, int(self.lease_s))
+
+        def prepare_execution(self, job: Any) -> Any:
+            """RQ 2+: keep the execution, whose heartbeat is what holds the job in the registry."""
+            self._lease_execution = super().prepare_execution(job)
+            return self._lease_execution
 
         def _install_signal_handlers(self) -> None:
             super()._install_signal_handlers()
@@ -304,29 +317,45 @@ def _leased_worker_class(stop: threading.Event):
                 self._stop_requested = True
                 self._shutdown_requested_date = now_utc()
 
+        def _renew(self, job: Any) -> None:
+            if "execution" not in inspect.signature(self.maintain_heartbeats).parameters:
+                self.maintain_heartbeats(job)  # RQ before 3: the worker knows its execution
+            elif self._lease_execution is not None:
+                self.maintain_heartbeats(job, self._lease_execution)
+
         def execute_job(self, job: Any, queue: Any) -> None:
-            execution = self.prepare_execution(job)
+            from redis.exceptions import RedisError
+
+            self._lease_execution = None
             done = threading.Event()
 
             def renew() -> None:
-                from redis.exceptions import RedisError
-
                 while not done.wait(self.lease_s / 4):
                     try:
-                        self.maintain_heartbeats(job, execution)
+                        self._renew(job)
                     except RedisError:
                         pass  # Redis is away; the next renewal tries again
 
             beat = threading.Thread(target=renew, name="kitty-coreml-lease", daemon=True)
             beat.start()
             try:
-                self.perform_job(job, queue, execution)
+                super().execute_job(job, queue)
             finally:
                 done.set()
                 beat.join()
-            self.set_state(WorkerStatus.IDLE)
 
     return LeasedWorker
+
+
+class _OneLineLogs(logging.Filter):
+    """RQ logs some errors with their traceback (Redis vanishing mid-loop): a user sees one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            error = record.exc_info[1]
+            record.msg, record.args = f"{record.getMessage()} ({type(error).__name__}: {error})", None
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def now_utc():
@@ -356,6 +385,17 @@ def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str |
             signal.signal(sig, on_stop)
 
     own_signals()
+    logging.getLogger("rq.worker").addFilter(_OneLineLogs())
+    thread_errors = threading.excepthook
+
+    def one_line_redis_errors(args: Any) -> None:
+        """RQ's pubsub listener thread dies with a traceback when Redis goes: one line instead."""
+        if issubclass(args.exc_type, RedisError):
+            say(f"lost Redis in {args.thread.name if args.thread else 'a thread'}: {args.exc_value}")
+        else:
+            thread_errors(args)
+
+    threading.excepthook = one_line_redis_errors
     connection = _connect(url, settings.redis_timeout_s)
     _ping(connection, url)
     _worker_settings = settings
@@ -370,14 +410,21 @@ def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str |
             # worker_ttl - 15 is how long RQ blocks waiting for a job: keep it near the lease, so that idle
             # workers also run the maintenance that requeues abandoned jobs about once per lease.
             worker = worker_class([Queue(QUEUE_NAME, connection=connection)], connection=connection, name=name,
-                                  worker_ttl=lease + 15, job_monitoring_interval=lease, maintenance_interval=lease)
+                                  job_monitoring_interval=lease, maintenance_interval=lease)
+            worker.worker_ttl = lease + 15  # the keyword changed name between RQ releases; the attribute did not
             lost: BaseException | None = None
             try:
-                worked = worker.work(burst=burst, with_scheduler=False, logging_level="WARNING") or worked
+                try:
+                    worked = worker.work(burst=burst, with_scheduler=False, logging_level="WARNING") or worked
+                finally:
+                    own_signals()
             except RedisError as exc:
                 lost = exc
-            finally:
-                own_signals()
+            except Exception:
+                # RQ's signal handler raises its StopRequested wherever the signal lands, its own teardown
+                # included: after a stop request that is the stop, anything else is a real failure.
+                if worker._shutdown_requested_date is None:
+                    raise
             if worker._shutdown_requested_date is not None or stop.is_set():
                 say("stopped" + (f" (Redis at {url} unreachable: {lost})" if lost else ""))
                 return worked

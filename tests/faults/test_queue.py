@@ -85,8 +85,8 @@ def test_a_worker_stopped_while_redis_is_down_exits_cleanly(mock_env, redis_serv
         wait_until(lambda: registered_workers(redis_server.url) == 1, 60, "the worker to register in Redis")
         redis_server.kill()
         worker.send_signal(sig)
-        assert worker.wait(timeout=60) == 0
-        rest = worker.stderr.read()
+        rest = worker.stderr.read()  # to its end: the worker has exited
+        assert worker.wait(timeout=60) == 0, rest
         assert "Traceback" not in rest and "internal error" not in rest, rest
     finally:
         stop_process(worker)
