@@ -205,10 +205,12 @@ def run_supervised(
     tail_lines: int = 40,
     name: str | None = None,
     watchdog: bool = True,
+    kill_grace_s: float = _KILL_GRACE_S,
 ) -> ProcessResult:
     """Run argv to completion. Raises EngineTimeout past timeout_s and Cancelled on cancel or Ctrl-C
-    (SIGINT/SIGTERM arriving as exceptions in this thread), after killing the whole process tree.
-    A non-zero exit is returned, not raised: the caller knows what the code means."""
+    (SIGINT/SIGTERM arriving as exceptions in this thread), after killing the whole process tree
+    (SIGTERM, kill_grace_s for it to end, then SIGKILL). A non-zero exit is returned, not raised: the
+    caller knows what the code means."""
     name = name or Path(argv[0]).name
     use_pty = use_pty and os.name == "posix"
     if use_pty:
@@ -262,7 +264,7 @@ def run_supervised(
                                     hint="raise --timeout, or lower --steps/--count")
     except BaseException as exc:
         try:
-            kill_tree(proc.pid, popen=proc)
+            kill_tree(proc.pid, grace_s=kill_grace_s, popen=proc)
         except KeyboardInterrupt:
             raise Cancelled(f"{name} stopped: interrupted again, killed at once") from None
         finally:

@@ -44,34 +44,38 @@ def test_by_default_the_grandchildren_die_with_a_sigkilled_parent(tmp_path):
     wait_gone(grandchild)
 
 
-# A supervisor whose child ignores SIGTERM and so uses the whole kill grace; a second Ctrl-C cuts it short.
+# A supervisor whose child blocks SIGTERM (so it stays pending, visible in /proc) and so would use the
+# whole kill grace, here made endless: only the second Ctrl-C can end the wait.
 STUBBORN = textwrap.dedent("""
     import sys
     from pathlib import Path
     from kitty_coreml.errors import Cancelled
     from kitty_coreml.process import run_supervised
     folder = Path(sys.argv[1])
-    script = (f"trap 'touch {folder}/termed' TERM; sleep 1000 & echo $! > {folder}/grandchild.tmp; "
-              f"mv {folder}/grandchild.tmp {folder}/grandchild; while :; do sleep 1; done")
+    child = ("import signal, subprocess, sys, time; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}); "
+             "grandchild = subprocess.Popen(['sleep', '1000']); "
+             f"open({str(folder / 'grandchild.tmp')!r}, 'w').write(str(grandchild.pid)); "
+             f"__import__('os').rename({str(folder / 'grandchild.tmp')!r}, {str(folder / 'grandchild')!r}); "
+             "time.sleep(1000)")
     try:
-        run_supervised(["sh", "-c", script], cwd=folder, timeout_s=1000, use_pty=False)
+        run_supervised([sys.executable, "-c", child], cwd=folder, timeout_s=1000, use_pty=False, kill_grace_s=1000)
     except Cancelled as exc:
         print(exc.message, flush=True)
 """)
 
 
 def test_a_second_interrupt_during_the_grace_still_kills_the_tree(tmp_path):
-    from tests.proc_utils import wait_until
+    from tests.proc_utils import signal_pending, wait_until
 
     parent = subprocess.Popen([sys.executable, "-c", STUBBORN, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     grandchild = read_pid(tmp_path / "grandchild")
-    shell = psutil.Process(grandchild).ppid()
+    child = psutil.Process(grandchild).ppid()
     parent.send_signal(signal.SIGINT)
-    wait_until((tmp_path / "termed").exists, 30, "the shell to get SIGTERM")  # the grace has begun
+    wait_until(lambda: signal_pending(child, signal.SIGTERM), 60, "SIGTERM to reach the child")  # grace begun
     parent.send_signal(signal.SIGINT)
-    out, _ = parent.communicate(timeout=30)
+    out, _ = parent.communicate(timeout=60)
     assert "interrupted again, killed at once" in out
-    wait_gone(shell)
+    wait_gone(child)
     wait_gone(grandchild)
 
 

@@ -118,13 +118,13 @@ class RedisQueue:
 
     @_redis_call
     def submit(self, request: dict[str, Any]) -> dict[str, Any]:
+        from rq import Retry
+
         waiting = self.queue.count
         if waiting >= self.settings.queue_max:
             raise QueueFull(f"the queue already holds {waiting} job(s), its limit (KITTY_COREML_QUEUE_MAX)",
                             hint="try again when some have finished")
         timeout = request.get("timeout_s") or self.settings.timeout_s
-        from rq import Retry
-
         job = self.queue.enqueue(run_job, request, job_id=new_job_id(), job_timeout=int(timeout) + 120,
                                  result_ttl=int(self.settings.job_retention_s),
                                  failure_ttl=int(self.settings.job_retention_s), retry=Retry(max=MAX_ATTEMPTS - 1))

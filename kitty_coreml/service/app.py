@@ -260,8 +260,8 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
         return RedirectResponse("/vision")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(BodyLimit)
     app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts, cors_origins=settings.cors_origins)
+    app.add_middleware(BodyLimit)
     return app
 
 

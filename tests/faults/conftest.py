@@ -131,20 +131,19 @@ def disk_full_after(folder: Path, images: int) -> dict[str, str]:
     return {"PYTHONPATH": str(folder), "FAULT_ENOSPC_AFTER": str(images)}
 
 
-def term_ignoring_engine(folder: Path, grandchild_file: Path, marker: Path) -> Path:
-    """A stand-in engine that ignores SIGTERM (writes `marker` when one comes) and has a child that
-    ignores it too: only SIGKILL ends them, so the kill grace is really used."""
+def term_ignoring_engine(folder: Path, grandchild_file: Path) -> Path:
+    """A stand-in engine that blocks SIGTERM (it stays pending: tests see in /proc that it was sent) and
+    has a child that ignores it: only SIGKILL ends them, so the kill grace is really used."""
     script = folder / "StubbornSample"
     script.write_text(
         f"#!{sys.executable}\n"
         "import signal, subprocess, sys, time\n"
-        f"signal.signal(signal.SIGTERM, lambda *a: open({str(marker)!r}, 'w').write('term'))\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
         "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(1e6)'])\n"
         f"open({str(grandchild_file)!r}, 'w').write(str(child.pid))\n"
         "print('Loading resources and creating pipeline', flush=True)\n"
-        "while True:\n"
-        "    time.sleep(1)\n")
+        "time.sleep(1e6)\n")
     script.chmod(0o755)
     return script
 
