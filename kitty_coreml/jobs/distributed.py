@@ -1,5 +1,8 @@
 """The distributed queue: jobs go through RQ on Redis (REDIS_URL or `--queue redis://...`), and
-`kitty-coreml worker --queue redis://...` on each Mac pulls them.
+`kitty-coreml worker --queue redis://...` on each Mac pulls them, as does a plain
+`rq worker -w rq.worker.SimpleWorker images` where kitty-coreml is installed (jobs name their function
+by import path, and it reads its settings from the environment). The RQ queue is named by
+KITTY_COREML_QUEUE_NAME, default `images`, as KITTY's.
 
 Workers are rq.worker.SimpleWorker: RQ's default worker forks a child per job, and a forked child
 crashes on macOS once Core ML / Metal has been touched in the parent. A SimpleWorker runs jobs in its
@@ -10,7 +13,8 @@ Counters for /metrics live in one Redis hash, incremented by the workers.
 
 A worker that dies mid-job: RQ keeps each running job in its StartedJobRegistry with an expiry that the
 worker renews (RQ's execution heartbeat); a SimpleWorker renews it only between jobs, so ours renews it
-from a thread while the job runs, every quarter of KITTY_COREML_WORKER_LEASE_S. A job whose renewals stop
+from a thread while the job runs, every quarter of KITTY_COREML_WORKER_LEASE_S (a plain `rq worker` does
+not: its dead worker's job is found only past the job's timeout + 60 s). A job whose renewals stop
 is "abandoned": RQ's registry cleanup, run by every worker's maintenance, retries it while it has retries
 left (Retry(max=MAX_ATTEMPTS - 1), used only for abandonment: an ordinary failure clears them), then fails it.
 
@@ -33,19 +37,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Cancelled, ConfigError, KittyError, QueueFull, ServiceError
-from .base import CANCELLED, DONE, ERROR, QUEUED, STARTED, new_job_id
+from .base import CANCELLED_CODE, FAILED, FINISHED, QUEUED, STARTED, failed_fields, new_job_id
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["RedisQueue", "run_job", "run_worker", "QUEUE_NAME", "MAX_ATTEMPTS"]
+__all__ = ["RedisQueue", "run_job", "run_worker", "MAX_ATTEMPTS"]
 
 MAX_ATTEMPTS = 2
 """A job whose worker died runs once more; a second death fails it (as the embedded queue does)."""
 _ABANDONED = "AbandonedJobError"
 _BACKOFF_MAX_S = 30.0
 
-QUEUE_NAME = "kitty-coreml-images"
 _METRICS_KEY = "kitty-coreml:metrics"
 _CANCEL_KEY = "kitty-coreml:cancel:{}"
 _CANCEL_POLL_S = 0.2
@@ -114,7 +117,7 @@ class RedisQueue:
         self.url = url
         self.redis = _connect(url, settings.redis_timeout_s)
         _ping(self.redis, url)
-        self.queue = Queue(QUEUE_NAME, connection=self.redis)
+        self.queue = Queue(settings.queue_name, connection=self.redis)
 
     @_redis_call
     def submit(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -160,24 +163,22 @@ class RedisQueue:
             if meta.get("progress"):
                 view["progress"] = meta["progress"]
         elif status == "finished":
-            view["status"] = DONE
+            view["status"] = FINISHED
             view["result"] = job.return_value()
-        elif status in ("canceled", "stopped") or meta.get("error_code") == "cancelled":
-            view["status"] = CANCELLED
-            view["error"] = meta.get("error") or "cancelled"
-            view["error_code"] = "cancelled"
+        elif status in ("canceled", "stopped") or meta.get("error_code") == CANCELLED_CODE:
+            view["status"] = FAILED
+            view.update(failed_fields(meta.get("error") or "cancelled", CANCELLED_CODE))
         else:
-            view["status"] = ERROR
+            view["status"] = FAILED
             failure = "" if meta.get("error") else _failure_text(job)
             if meta.get("error"):  # run_job's own record of a KittyError
-                view["error"], view["error_code"] = meta["error"], meta.get("error_code") or "worker_failed"
+                view.update(failed_fields(meta["error"], meta.get("error_code") or "worker_failed"))
             elif not failure or _ABANDONED in failure:
                 # RQ's cleanup failed it as abandoned (RQ 1.x sets the status a moment before the text)
-                view["error"] = (f"its worker died while running it, {MAX_ATTEMPTS} times "
-                                 "(killed, or lost its connection to Redis)")
-                view["error_code"] = "interrupted"
+                view.update(failed_fields(f"its worker died while running it, {MAX_ATTEMPTS} times "
+                                          "(killed, or lost its connection to Redis)", "interrupted"))
             else:
-                view["error"], view["error_code"] = failure.splitlines()[-1], "worker_failed"
+                view.update(failed_fields(failure, "worker_failed"))
         return view
 
     @_redis_call
@@ -193,7 +194,7 @@ class RedisQueue:
         status = job.get_status(refresh=True)
         status = status.value if hasattr(status, "value") else str(status)
         if status in ("queued", "deferred", "scheduled"):
-            job.meta.update(error="cancelled before it started", error_code="cancelled")
+            job.meta.update(error="cancelled through the API before it started", error_code=CANCELLED_CODE)
             job.save_meta()
             job.cancel()
         elif status == "started":
@@ -211,9 +212,11 @@ class RedisQueue:
     def stats(self) -> dict[str, Any]:
         from rq import Worker
 
+        cancelled = self.queue.canceled_job_registry.count
         return {"queue": self.kind, QUEUED: self.queue.count, STARTED: self.queue.started_job_registry.count,
-                DONE: self.queue.finished_job_registry.count, ERROR: self.queue.failed_job_registry.count,
-                CANCELLED: self.queue.canceled_job_registry.count, "max_queued": self.settings.queue_max,
+                FINISHED: self.queue.finished_job_registry.count,
+                FAILED: self.queue.failed_job_registry.count + cancelled, "cancelled": cancelled,
+                "queue_name": self.settings.queue_name, "max_queued": self.settings.queue_max,
                 "workers": Worker.count(queue=self.queue), "retention_s": self.settings.job_retention_s}
 
     @_redis_call
@@ -276,9 +279,9 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
                                                       on_progress=on_progress)
     except KittyError as exc:
         job.retries_left = 0  # retries are for a worker that died, not for a job that failed
-        job.meta.update(error=exc.one_line(), error_code="cancelled" if isinstance(exc, Cancelled) else exc.code)
+        job.meta.update(error=exc.one_line(), error_code=CANCELLED_CODE if isinstance(exc, Cancelled) else exc.code)
         job.save_meta()
-        redis.hincrbyfloat(_METRICS_KEY, f"jobs_{CANCELLED if isinstance(exc, Cancelled) else ERROR}_total", 1)
+        redis.hincrbyfloat(_METRICS_KEY, f"jobs_{FAILED}_total", 1)
         raise
     finally:
         finished.set()
@@ -286,7 +289,7 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
     pipe = redis.pipeline()
     pipe.hincrbyfloat(_METRICS_KEY, "generation_seconds_sum", seconds)
     pipe.hincrbyfloat(_METRICS_KEY, "generation_seconds_count", 1)
-    pipe.hincrbyfloat(_METRICS_KEY, f"jobs_{DONE}_total", 1)
+    pipe.hincrbyfloat(_METRICS_KEY, f"jobs_{FINISHED}_total", 1)
     pipe.hincrbyfloat(_METRICS_KEY, "publish_failures", 1 if publish_failed else 0)
     pipe.execute()
     return result
@@ -409,7 +412,7 @@ def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str |
         while not stop.is_set():
             # worker_ttl - 15 is how long RQ blocks waiting for a job: keep it near the lease, so that idle
             # workers also run the maintenance that requeues abandoned jobs about once per lease.
-            worker = worker_class([Queue(QUEUE_NAME, connection=connection)], connection=connection, name=name,
+            worker = worker_class([Queue(settings.queue_name, connection=connection)], connection=connection, name=name,
                                   job_monitoring_interval=lease, maintenance_interval=lease)
             worker.worker_ttl = lease + 15  # the keyword changed name between RQ releases; the attribute did not
             lost: BaseException | None = None

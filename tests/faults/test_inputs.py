@@ -46,7 +46,7 @@ def test_http_bodies_are_refused_at_submit(mock_service, body, field):
         assert answer.status_code == 422, answer.text
         assert answer.json()["error"]["code"] == "invalid_request" and field in answer.json()["detail"]
         stats = client.get("/api/images/stats").json()
-        assert stats["queued"] + stats["started"] + stats["done"] + stats["error"] == 0  # nothing queued
+        assert stats["queued"] + stats["started"] + stats["finished"] + stats["failed"] == 0  # nothing queued
 
 
 def test_a_prompt_the_binary_cannot_name_a_file_after_is_refused_before_launch(kitty, tmp_path, home):

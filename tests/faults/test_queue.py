@@ -54,7 +54,7 @@ def test_the_service_answers_503_while_redis_is_away_and_recovers(mock_env, serv
         assert client.get(f"/api/images/jobs/{queued}").json()["status"] == "queued"  # not lost
         worker = start_worker({**mock_env, **FAST}, redis_server.url)
         try:
-            assert wait_job(client, queued)["status"] == "done"
+            assert wait_job(client, queued)["status"] == "finished"
         finally:
             stop_process(worker)
 
@@ -64,12 +64,12 @@ def test_an_idle_worker_waits_out_a_redis_restart_and_then_works(mock_env, servi
     service = service_factory({**mock_env, **FAST}, "--queue", redis_server.url)
     with service.client() as client:
         first = client.post("/api/images/generate", json={"prompt": "one"}).json()["job_id"]
-        assert wait_job(client, first)["status"] == "done"
+        assert wait_job(client, first)["status"] == "finished"
         redis_server.kill()
         redis_server.start()
         second = client.post("/api/images/generate", json={"prompt": "two"}).json()["job_id"]
         job = wait_job(client, second)
-        assert job["status"] == "done" and job["attempts"] == 1, job
+        assert job["status"] == "finished" and job["attempts"] == 1, job
         assert worker.poll() is None  # the same worker, still running
         keys = [item["key"] for item in client.get("/api/images/latest").json()["items"]]
         assert len(keys) == len(set(keys))
@@ -105,6 +105,6 @@ def test_a_worker_killed_before_it_takes_a_job_loses_nothing(env, service_factor
         worker = start_worker({**env, **FAST}, redis_server.url)
         try:
             job = wait_job(client, job_id)
-            assert job["status"] == "done" and job["attempts"] == 1, job
+            assert job["status"] == "finished" and job["attempts"] == 1, job
         finally:
             stop_process(worker)

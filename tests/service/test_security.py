@@ -17,7 +17,7 @@ def test_api_routes_need_the_key(mock_env, service_factory):
             assert anonymous.request(method, path).status_code == 401, path
             assert wrong.request(method, path).status_code == 403, path
         assert right.get("/api/images/latest").status_code == 200
-        assert right.post("/api/images/generate", json={"prompt": "x"}).status_code == 202
+        assert right.post("/api/images/generate", json={"prompt": "x"}).status_code == 200
         assert anonymous.get("/healthz").status_code == 200
         assert anonymous.get("/vision").status_code == 200  # the page only; its data needs the key
 
@@ -51,7 +51,7 @@ def cross_site(origin: str = "http://evil.example") -> dict[str, str]:
 
 def counted(client) -> int:
     stats = client.get("/api/images/stats").json()
-    return sum(stats[state] for state in ("queued", "started", "done", "error", "cancelled"))
+    return sum(stats[state] for state in ("queued", "started", "finished", "failed"))
 
 
 def test_cross_site_posts_neither_queue_nor_cancel(env, service_factory):
@@ -73,7 +73,7 @@ def test_cross_site_posts_neither_queue_nor_cancel(env, service_factory):
         # the service's own page (same origin) and a client without Origin (kitty-cli) are obeyed
         own = client.post("/api/images/generate", json={"prompt": "own page"},
                           headers={**BROWSER, "Origin": service.url, "Sec-Fetch-Site": "same-origin"})
-        assert own.status_code == 202
+        assert own.status_code == 200
         assert client.post(f"/api/images/jobs/{running['job_id']}/cancel").status_code == 200
 
 
@@ -141,7 +141,7 @@ def test_cors_allow_list_opens_the_api_to_listed_origins(mock_env, service_facto
         assert "x-api-key" in preflight.headers["access-control-allow-headers"].lower()
         posted = client.post("/api/images/generate", json={"prompt": "from the ui"},
                              headers={**BROWSER, "Origin": "http://ui.lan:3000", "Sec-Fetch-Site": "cross-site"})
-        assert posted.status_code == 202 and posted.headers["access-control-allow-origin"] == "http://ui.lan:3000"
+        assert posted.status_code == 200 and posted.headers["access-control-allow-origin"] == "http://ui.lan:3000"
         other = client.post("/api/images/generate", json={"prompt": "x"},
                             headers={**BROWSER, "Origin": "https://other.example"})
         assert other.status_code == 403
@@ -153,7 +153,7 @@ def test_cors_star_lets_every_origin_but_the_key_still_applies(mock_env, service
         origin = {**BROWSER, "Origin": "https://anything.example"}
         assert client.post("/api/images/generate", json={"prompt": "x"}, headers=origin).status_code == 401
         posted = client.post("/api/images/generate", json={"prompt": "x"}, headers={**origin, "X-API-Key": "k3y"})
-        assert posted.status_code == 202
+        assert posted.status_code == 200
         assert posted.headers["access-control-allow-origin"] == "https://anything.example"
 
 
@@ -179,7 +179,7 @@ def test_run_id_over_http_never_shapes_a_path(env, service_factory, tmp_path, ho
             from .conftest import wait_job
 
             done = wait_job(client, job["job_id"])
-            assert done["status"] == "done", done
+            assert done["status"] == "finished", done
             assert done["result"]["runId"] == run_id and done["result"]["seed"] == studio_seed("a cube", run_id)
     folders = _engine_folders(log)
     assert len(folders) == len(hostile)
