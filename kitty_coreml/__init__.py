@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engines.base import CancelToken, ProgressEvent
+from .cancel import CancelToken
+from .engines.base import ProgressEvent
 from .errors import (Cancelled, ConfigError, EngineError, EngineTimeout, InvalidRequest, KittyError, ModelError,
                      NotFound, PlatformUnsupported, PublishPending, SafetyRemovedAll, StoreError)
 from .request import GenerationRequest, GenerationResult, ImageResult

@@ -19,15 +19,15 @@ from typing import Any
 
 from .engines import coreml_unavailable_reason, create_engine
 from .engines.base import CancelToken, Engine, EngineJob, EngineOutput, ProgressCallback, ProgressEvent
-from .errors import (Cancelled, InvalidRequest, KittyError, ModelError, OutputError, PlatformUnsupported,
-                     PublishPending, SafetyRemovedAll)
+from .errors import (Cancelled, ConfigError, InvalidRequest, KittyError, ModelError, OutputError,
+                     PlatformUnsupported, PublishPending, SafetyRemovedAll)
 from .models import MOCK_MODEL, ModelInfo, Registry, resolve_model
 from .models.variants import apply as apply_variant
 from .models.variants import pick as pick_variant
 from .request import GenerationRequest, GenerationResult, ImageResult
 from .resources import inspect_resources
 from .seeds import resolve_seed
-from .settings import Settings
+from .settings import ENGINE_NAMES, Settings
 from .storage import Store, create_store, new_key
 
 __all__ = ["generate", "plan", "resolve", "choose_engine", "default_compute_units", "MachineLock", "fit_image",
@@ -190,9 +190,21 @@ def _check(request: GenerationRequest, model: ModelInfo, compute_units: str) -> 
     return warnings
 
 
+def _check_prefix(prefix: str) -> None:
+    """S3_PREFIX makes every key: a bad one is found before the engine starts, not after the image exists."""
+    parts = prefix.rstrip("/").split("/") if prefix else []
+    if any(part in ("", ".", "..") or part.startswith(".") or not part.isprintable() or "\\" in part
+           for part in parts):
+        raise ConfigError(f"S3_PREFIX: got {prefix!r}; allowed: folder names joined by '/' "
+                          "(none empty, '.', '..' or starting with '.'; no backslash or control characters)")
+
+
 def resolve(request: GenerationRequest, settings: Settings, *, prefer_warm: bool = False,
             engine_name: str | None = None) -> tuple[GenerationRequest, ModelInfo, str, str, list[str]]:
     """(request with seed and run id filled in, model, engine name, compute units, warnings)."""
+    _check_prefix(settings.prefix)
+    if request.engine is not None and request.engine not in ENGINE_NAMES:  # before any model is looked up
+        raise InvalidRequest("engine", request.engine, " | ".join(ENGINE_NAMES))
     model, warnings = _sized(request, _model_for(request, settings))
     name = engine_name or choose_engine(request, settings, model, prefer_warm=prefer_warm)
     compute_units = request.compute_units or default_compute_units(model)
@@ -215,7 +227,7 @@ def _job(request: GenerationRequest, model: ModelInfo, compute_units: str, run_d
 def plan(request: GenerationRequest, settings: Settings) -> dict[str, Any]:
     """What generate() would do, launching nothing (--dry-run)."""
     resolved, model, name, compute_units, warnings = resolve(request, settings)
-    run_dir = settings.runs_dir / f"{resolved.run_id}-dryrun"
+    run_dir = settings.runs_dir / "dry-run"
     staged = run_dir / "input.png" if resolved.input_image else None
     engine = create_engine(name, settings)
     try:
@@ -330,7 +342,10 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
     store = store or create_store(settings)
     own_engine = engine is None
     engine = engine or create_engine(engine_name, settings)
-    run_dir = settings.runs_dir / f"{resolved.run_id}-{secrets.token_hex(3)}"
+    # A run id is a label (metadata and the seed rule), never part of a path: the folder is random.
+    run_dir = settings.runs_dir / f"run-{secrets.token_hex(8)}"
+    items: list[tuple[int, Any]] = []
+    keep_run_dir = False
     try:
         run_dir.mkdir(parents=True)
         with MachineLock(settings.lock_path, cancel=cancel,
@@ -347,7 +362,6 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
         if (width, height) != (job.model.width, job.model.height):
             images = [(index, fit_png(data, width, height)) for index, data in images]
         timings = {"lock_wait_s": round(lock_s, 4), **{k: round(v, 4) for k, v in output.timings.items()}}
-        items = []
         for index, data in images:
             key = new_key(settings.prefix)
             sidecar = _sidecar(resolved, job.model, output.engine, index, key, width, height, timings, warnings)
@@ -360,7 +374,11 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
                     extra={"Image index": index, "Run id": resolved.run_id, "Engine": output.engine}),
                 METADATA_KEY: _json(_without_local_paths(sidecar, model)),
             }
-            items.append((index, stage(settings.outbox_dir, key, add_text_chunks(data, texts), sidecar)))
+            try:
+                items.append((index, stage(settings.outbox_dir, key, add_text_chunks(data, texts), sidecar)))
+            except (KittyError, OSError) as exc:
+                keep_run_dir = True  # the images not yet in the outbox are only there
+                raise _staging_failed(exc, items, len(images), run_dir) from None
     except KittyError:
         raise
     except OSError as exc:
@@ -369,7 +387,8 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
     finally:
         if own_engine:
             engine.close()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if not keep_run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
     # Everything generated is on disk in the outbox now; publishing can fail without losing it.
     publish_started = time.monotonic()
     report = publish_items(store, [item for _, item in items])
@@ -412,6 +431,15 @@ def _without_local_paths(sidecar: dict[str, Any], model: ModelInfo) -> dict[str,
     if request.get("input_image"):
         request["input_image"] = Path(request["input_image"]).name
     return {**sidecar, "request": request}
+
+
+def _staging_failed(exc: BaseException, staged: list[tuple[int, Any]], made: int, run_dir: Path) -> OutputError:
+    """Staging stopped part-way (a full disk): say which images are safe in the outbox and where the others are."""
+    reason = exc.message if isinstance(exc, KittyError) else (getattr(exc, "strerror", None) or str(exc))
+    safe = f"{len(staged)} of {made} image(s) reached the outbox" + (
+        f" ({', '.join(item.key for _, item in staged)}; `kitty-coreml publish --pending` sends them)" if staged else "")
+    return OutputError(f"could not keep every image: {reason}; {safe}; the engine's PNGs are left in {run_dir}",
+                       hint="free disk space under KITTY_COREML_HOME, then generate again or copy them from there")
 
 
 def _json(data: dict[str, Any]) -> str:

@@ -1,6 +1,11 @@
 """Supervising a child process: argv as a list (never a shell), its own process group, death with its
 parent, a deadline, cancellation, killing the whole tree, the tails of its output, and its peak memory.
 
+The whole group dies on every path: a normal end (what the engine left behind is reaped), a timeout, a
+cancel, Ctrl-C (a second one during the kill grace goes straight to SIGKILL), and the death of this
+process however it dies (SIGKILL included): PR_SET_PDEATHSIG reaches only the direct child, so a
+watchdog process kills the group, grandchildren included, on every platform.
+
 Apple's binary prints progress with Swift's `print`, which is block-buffered on a pipe: run under a
 pseudo-terminal (use_pty=True) its lines arrive as they are printed."""
 
@@ -18,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engines.base import CancelToken
+from .cancel import CancelToken
 from .errors import Cancelled, EngineError, EngineTimeout
 
 __all__ = ["ProcessResult", "run_supervised", "describe_exit", "kill_tree", "die_with_parent", "Watchdog"]
@@ -73,7 +78,8 @@ if not sys.stdin.buffer.read(1):
 class Watchdog:
     """Kills a process group when this process dies, however it dies (SIGKILL included): a tiny
     process reads a pipe only we write to; end-of-file without the all-clear byte means we are gone.
-    macOS has no PR_SET_PDEATHSIG, so this is how an engine there dies with its parent."""
+    macOS has no PR_SET_PDEATHSIG, and on Linux it reaches only the direct child, not the engine's own
+    children: this is how the whole group dies with its parent everywhere."""
 
     def __init__(self, pgid: int):
         read_fd, self._write_fd = os.pipe()  # non-inheritable: only we hold the write end
@@ -95,23 +101,22 @@ class Watchdog:
             self._proc.wait()
 
 
-def needs_watchdog() -> bool:
-    return not sys.platform.startswith("linux")
-
-
 def kill_tree(pid: int, *, grace_s: float = _KILL_GRACE_S, popen: subprocess.Popen | None = None) -> None:
     """SIGTERM the process group led by pid and every descendant (also those that left the group),
-    give the leader grace_s to exit, then SIGKILL whatever is left."""
+    give the leader grace_s to exit, then SIGKILL whatever is left. An interrupt during the grace (a
+    second Ctrl-C) cuts it short: the SIGKILL still goes out before the interrupt propagates."""
     victims = _descendants(pid)
-    _signal_all(pid, victims, signal.SIGTERM)
-    if popen is not None:
-        try:
+    try:
+        _signal_all(pid, victims, signal.SIGTERM)
+        if popen is not None:
             popen.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    _signal_all(pid, victims, signal.SIGKILL)
-    if popen is not None:
-        popen.wait()
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        _signal_all(pid, victims, signal.SIGKILL)
+        _signal_all(pid, _descendants(pid), signal.SIGKILL)  # any the dying ones started meanwhile
+        if popen is not None:
+            popen.wait()
 
 
 def _signal_all(pgid: int, pids: list[int], sig: int) -> None:
@@ -199,11 +204,13 @@ def run_supervised(
     use_pty: bool = True,
     tail_lines: int = 40,
     name: str | None = None,
-    watchdog: bool | None = None,
+    watchdog: bool = True,
+    kill_grace_s: float = _KILL_GRACE_S,
 ) -> ProcessResult:
     """Run argv to completion. Raises EngineTimeout past timeout_s and Cancelled on cancel or Ctrl-C
-    (SIGINT/SIGTERM arriving as exceptions in this thread), after killing the whole process tree.
-    A non-zero exit is returned, not raised: the caller knows what the code means."""
+    (SIGINT/SIGTERM arriving as exceptions in this thread), after killing the whole process tree
+    (SIGTERM, kill_grace_s for it to end, then SIGKILL). A non-zero exit is returned, not raised: the
+    caller knows what the code means."""
     name = name or Path(argv[0]).name
     use_pty = use_pty and os.name == "posix"
     if use_pty:
@@ -233,7 +240,7 @@ def run_supervised(
                           hint=f"check that {argv[0]} exists and is executable") from None
     os.close(stdout_target)
     os.close(err_write)
-    guard = Watchdog(proc.pid) if (needs_watchdog() if watchdog is None else watchdog) else None
+    guard = Watchdog(proc.pid) if watchdog else None
     out_reader = _LineReader(out_fd, on_stdout_line, tail_lines)
     err_reader = _LineReader(err_fd, None, tail_lines)
     out_reader.start()
@@ -256,10 +263,14 @@ def run_supervised(
                 raise EngineTimeout(f"{name} did not finish within {timeout_s:g} s and was killed",
                                     hint="raise --timeout, or lower --steps/--count")
     except BaseException as exc:
-        kill_tree(proc.pid, popen=proc)
-        if guard is not None:
-            guard.release()
-        _finish_readers(out_reader, err_reader, out_fd, err_fd)
+        try:
+            kill_tree(proc.pid, grace_s=kill_grace_s, popen=proc)
+        except KeyboardInterrupt:
+            raise Cancelled(f"{name} stopped: interrupted again, killed at once") from None
+        finally:
+            if guard is not None:
+                guard.release()
+            _finish_readers(out_reader, err_reader, out_fd, err_fd)
         if isinstance(exc, KeyboardInterrupt):
             raise Cancelled(f"{name} stopped: interrupted") from None
         raise

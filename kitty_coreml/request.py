@@ -50,7 +50,10 @@ def _real(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False)
     allowed = f"a number {'>' if lo_open else '>='} {lo:g}" + ("" if hi == math.inf else f" and <= {hi:g}")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRequest(name, value, allowed)
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too big for a float
+        raise InvalidRequest(name, value, allowed) from None
     if not math.isfinite(value) or value < lo or value > hi or (lo_open and value == lo):
         raise InvalidRequest(name, value, allowed)
     return value
@@ -175,7 +178,7 @@ def _check_image(value: Any) -> Path:
     try:
         with Image.open(path) as image:
             image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidRequest("input_image", str(value), f"an image Pillow can decode ({exc})") from None
     return path.absolute()
 

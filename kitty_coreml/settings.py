@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from .errors import ConfigError
 
@@ -166,6 +166,37 @@ class Settings(BaseModel):
     """KITTY_COREML_CONVERTER_PYTHON: the Python that creates it (Apple's pins need 3.11)."""
     convert_timeout_s: float = 14400.0
     """KITTY_COREML_CONVERT_TIMEOUT_S: the limit for one conversion stage (an SDXL Unet takes an hour)."""
+    # security: the service's front door and dependency time limits (docs/security.md)
+    allowed_hosts: tuple[str, ...] = ()
+    """KITTY_COREML_ALLOWED_HOSTS: comma-separated extra Host names the service answers to (besides localhost,
+    the address it is reached on and this machine's names); `*` turns the Host check off (behind a proxy)."""
+    cors_origins: tuple[str, ...] = ()
+    """KITTY_COREML_CORS_ORIGINS: comma-separated origins (https://host:port) whose web pages may call the API;
+    `*` lets every origin, as KITTY's gateway does. Default: none (closed)."""
+    redis_timeout_s: float = 2.0
+    """KITTY_COREML_REDIS_TIMEOUT_S: longest wait for Redis on one call; past it the service answers 503."""
+    s3_timeout_s: float = 60.0
+    """KITTY_COREML_S3_TIMEOUT_S: longest wait for one answer from S3 (a hung server); the connect waits at most 5 s."""
+    worker_lease_s: float = 30.0
+    """KITTY_COREML_WORKER_LEASE_S: a Redis worker renews its hold on a running job this often (x 1/4); a job
+    not renewed for this long belongs to a dead worker and is run again (once), then failed."""
+
+    @field_validator("home")
+    @classmethod
+    def _home_is_a_folder(cls, home: Path) -> Path:
+        if home.exists() and not home.is_dir():
+            raise ConfigError(f"KITTY_COREML_HOME: got {str(home)!r}, which is a file; allowed: a folder "
+                              "(made when missing)")
+        return home
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, url: str | None) -> str | None:
+        problem = url and http_url_problem(url)
+        if problem:
+            raise ConfigError(f"S3_ENDPOINT_URL: got {url!r} ({problem}); allowed: an http:// or https:// URL "
+                              "like http://127.0.0.1:9000")
+        return url
 
     @property
     def images_root(self) -> Path:
@@ -256,7 +287,34 @@ class Settings(BaseModel):
             converter_python=(get("KITTY_COREML_CONVERTER_PYTHON") or "").strip() or "python3.11",
             convert_timeout_s=_number("KITTY_COREML_CONVERT_TIMEOUT_S", get("KITTY_COREML_CONVERT_TIMEOUT_S"),
                                       14400.0, 1),
+            # security
+            allowed_hosts=_names(get("KITTY_COREML_ALLOWED_HOSTS")),
+            cors_origins=_names(get("KITTY_COREML_CORS_ORIGINS")),
+            redis_timeout_s=_number("KITTY_COREML_REDIS_TIMEOUT_S", get("KITTY_COREML_REDIS_TIMEOUT_S"), 2.0, 0.1),
+            s3_timeout_s=_number("KITTY_COREML_S3_TIMEOUT_S", get("KITTY_COREML_S3_TIMEOUT_S"), 60.0, 0.1),
+            worker_lease_s=_number("KITTY_COREML_WORKER_LEASE_S", get("KITTY_COREML_WORKER_LEASE_S"), 30.0, 2),
         )
+
+
+def http_url_problem(url: str) -> str | None:
+    """What is wrong with an http(s) URL a person typed, or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check (out of range, not a number)
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "not http:// or https://"
+    if not parts.hostname:
+        return "no host name"
+    return None
+
+
+def _names(raw: str | None) -> tuple[str, ...]:
+    """A comma-separated list; blanks dropped."""
+    return tuple(part.strip() for part in (raw or "").split(",") if part.strip())
 
 
 STUDIO_BACKENDS = {"coreml_diffusion": "coreml_diffusion", "coreml": "coreml_diffusion",

@@ -48,3 +48,12 @@ def read_events(stream, until, timeout: float = 30.0) -> list[dict]:
         if until(event):
             return events
     raise AssertionError(f"stream ended without the awaited event; saw {events}")
+
+
+def signal_pending(pid: int, sig: int) -> bool:
+    """Whether sig waits, blocked, at process pid (/proc's ShdPnd mask): proof that it was sent, with no
+    need for the process to be scheduled to notice it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False

@@ -51,6 +51,7 @@ def terminate_as_cancel() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)  # the terminal closed: the engine must not outlive it
 
 
 def print_result(result: dict[str, Any]) -> None:

@@ -3,11 +3,12 @@ progress, and honours cancellation. The orchestrator checks what it wrote; engin
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from ..cancel import CancelToken
 
 if TYPE_CHECKING:
     from ..models import ModelInfo
@@ -64,25 +65,6 @@ class EngineOutput:
     timings: dict[str, float] = field(default_factory=dict)
     peak_rss_bytes: int | None = None
     log_tail: list[str] = field(default_factory=list)
-
-
-class CancelToken:
-    """Set from any thread (a signal handler, an HTTP cancel); engines poll or wait on it."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.reason = "cancelled"
-
-    def cancel(self, reason: str = "cancelled") -> None:
-        self.reason = reason
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(timeout)
 
 
 class Engine(Protocol):

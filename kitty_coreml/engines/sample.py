@@ -15,13 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import EngineError, InstallError, OutputError
+from ..errors import EngineError, InstallError, InvalidRequest, OutputError
 from ..process import describe_exit, run_supervised
 from .base import CancelToken, EngineImage, EngineJob, EngineOutput, ProgressCallback, ProgressEvent
 
-__all__ = ["SampleEngine", "build_argv", "image_names", "output_folder", "find_sample_binary"]
+__all__ = ["SampleEngine", "build_argv", "image_names", "check_names", "output_folder", "find_sample_binary"]
 
 NAME_CHARS = 75
+NAME_MAX_BYTES = 255
+"""The longest file or folder name macOS (APFS) and Linux allow, in UTF-8 bytes."""
 EXIT_USAGE = 64
 _STEP = re.compile(r"Step (\d+) of (\d+)\b.*?last ([0-9.]+|inf|nan)?")
 _SAVED = re.compile(r"Saved (.+?\.final\.png)")
@@ -63,6 +65,21 @@ def image_names(job: EngineJob) -> list[str]:
             name += f".str{int(_float32(_float32(request.effective_strength) * 100.0))}"
         names.append(f"{name}.{job.seed}.final.png")
     return names
+
+
+def check_names(job: EngineJob) -> None:
+    """The binary cannot create a name over NAME_MAX_BYTES and fails only after the whole generation:
+    refuse such a prompt before launch (80 emoji are 320 bytes)."""
+    for name in image_names(job):
+        for part in name.split("/"):
+            size = len(part.encode("utf-8"))
+            if size > NAME_MAX_BYTES:
+                raise InvalidRequest(
+                    "prompt", job.request.prompt[:NAME_CHARS],
+                    f"a prompt whose first {NAME_CHARS} characters fit a file name ({NAME_MAX_BYTES} bytes of UTF-8 "
+                    f"with the image's suffix; these make {size})",
+                    hint="StableDiffusionSample names its file after the prompt's start: begin the prompt with "
+                         "shorter text, or use the warm engine (--engine coreml-worker), which does not")
 
 
 def _climb_depth(name: str) -> int:
@@ -141,6 +158,7 @@ class SampleEngine:
         """One process per request: nothing is held between requests."""
 
     def generate(self, job: EngineJob, on_progress: ProgressCallback, cancel: CancelToken) -> EngineOutput:
+        check_names(job)
         out = output_folder(job)
         names = image_names(job)
         out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Cancelled, EngineError, EngineTimeout, KittyError, ModelError
-from ..process import Watchdog, describe_exit, die_with_parent, kill_tree, needs_watchdog
+from ..process import Watchdog, describe_exit, die_with_parent, kill_tree
 from .base import CancelToken, EngineImage, EngineJob, EngineOutput, ProgressCallback, ProgressEvent
 from .protocol import PROTOCOL_VERSION, encode
 
@@ -67,7 +67,7 @@ class _Worker:
         except OSError as exc:
             raise EngineError(f"could not start the {name} worker {command[0]}: {exc.strerror or exc}",
                               hint="check that the worker command exists and is executable") from None
-        self.watchdog = Watchdog(self.proc.pid) if needs_watchdog() else None
+        self.watchdog: Watchdog | None = Watchdog(self.proc.pid)
         with _LIVE_LOCK:
             _LIVE.add(self.proc)
         self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()

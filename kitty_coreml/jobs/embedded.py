@@ -4,14 +4,21 @@ worker thread in the service process that keeps its engine warm between jobs.
 A job survives a restart: on start, jobs still queued stay queued, and the job that was running when
 the process died is queued again once (its attempt count says so); interrupted a second time, it fails
 with the reason. Finished jobs are kept for settings.job_retention_s, then forgotten.
+
+Several processes may share one home (a second `serve`): each holds a lease, an flock on its own file
+under HOME/queue-owners/ for as long as it lives, and stamps the jobs it runs with it. Recovery takes
+only started jobs whose owner's lease is free, that is whose owner is gone; never one still running.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +62,44 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL)
 """
 
 
+class _Lease:
+    """This process's claim on the jobs it runs: an flock held on HOME/queue-owners/<id>.lock until it
+    closes or dies (the kernel drops the lock of a killed process)."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.owner = uuid.uuid4().hex
+        self.path = folder / f"{self.owner}.lock"
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def owner_alive(self, owner: str | None) -> bool:
+        """Whether the process that stamped a job with `owner` still holds its lease."""
+        if not owner or not owner.isalnum():
+            return False
+        path = self.folder / f"{owner}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        path.unlink(missing_ok=True)  # its owner is gone: the file is litter now
+        return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+
 def _iso(stamp: float | None) -> str | None:
     from datetime import datetime, timezone
 
@@ -73,6 +118,9 @@ class EmbeddedQueue:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # committed rows survive a killed process
         self._db.executescript(_SCHEMA)
+        if "owner" not in {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a database from before leases
+        self._lease = _Lease(self.db_path.parent / "queue-owners")
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -97,17 +145,26 @@ class EmbeddedQueue:
             self._db.execute("COMMIT")
 
     def _recover(self) -> dict[str, int]:
-        """Settle the job a killed process left started: queue it again once, else fail it."""
+        """Settle the jobs a killed process left started: queue each again once, else fail it. Jobs whose
+        owner still runs (another process on this home) are left alone."""
+        retried = failed = 0
         with self._tx():
             for old, new in _OLD_STATES.items():  # a queue written before the states were KITTY's
                 self._db.execute("UPDATE jobs SET status=? WHERE status=?", (new, old))
-            retried = self._db.execute(
-                "UPDATE jobs SET status=?, started=NULL WHERE status=? AND attempts<?",
-                (QUEUED, STARTED, MAX_ATTEMPTS)).rowcount
-            failed = self._db.execute(
-                "UPDATE jobs SET status=?, finished=?, error=?, error_code=? WHERE status=?",
-                (FAILED, time.time(), f"interrupted {MAX_ATTEMPTS} times by a stop of the service while running",
-                 "interrupted", STARTED)).rowcount
+            rows = self._db.execute("SELECT id, owner, attempts FROM jobs WHERE status=?", (STARTED,)).fetchall()
+            for row in rows:
+                if self._lease.owner_alive(row["owner"]):
+                    continue
+                if row["attempts"] < MAX_ATTEMPTS:
+                    self._db.execute("UPDATE jobs SET status=?, started=NULL, owner=NULL WHERE id=?",
+                                     (QUEUED, row["id"]))
+                    retried += 1
+                else:
+                    self._db.execute(
+                        "UPDATE jobs SET status=?, finished=?, error=?, error_code=?, owner=NULL WHERE id=?",
+                        (FAILED, time.time(), f"interrupted {MAX_ATTEMPTS} times by a stop of the service while "
+                         "running", "interrupted", row["id"]))
+                    failed += 1
         return {"requeued": retried, "failed": failed}
 
     def _view(self, row: sqlite3.Row) -> dict[str, Any]:
@@ -187,8 +244,8 @@ class EmbeddedQueue:
                                    (QUEUED,)).fetchone()
             if row is None:
                 return None
-            self._db.execute("UPDATE jobs SET status=?, started=?, attempts=attempts+1 WHERE id=?",
-                             (STARTED, time.time(), row["id"]))
+            self._db.execute("UPDATE jobs SET status=?, started=?, attempts=attempts+1, owner=? WHERE id=?",
+                             (STARTED, time.time(), self._lease.owner, row["id"]))
             token = CancelToken()
             self._current = (row["id"], token)
             return row["id"], json.loads(row["request"])
@@ -228,6 +285,7 @@ class EmbeddedQueue:
         while not self._stopping.is_set():
             if time.monotonic() - last_purge > _PURGE_EVERY_S:
                 self.purge()
+                self._recover()  # another process on this home may have died since
                 last_purge = time.monotonic()
             claimed = self._claim()
             if claimed is None:
@@ -272,3 +330,4 @@ class EmbeddedQueue:
         self._engines.close()
         with self._lock:
             self._db.close()
+        self._lease.release()

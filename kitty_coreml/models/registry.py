@@ -105,8 +105,23 @@ class Registry:
         except ValueError as exc:
             raise ConfigError(f"model registry {self.path} is not valid JSON ({exc})",
                               hint="fix or delete it, then run `kitty-coreml install`") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"model registry {self.path}: got a JSON {type(data).__name__}; allowed: an object "
+                              '{"default": name, "models": {name: {"path": folder, ...}}}',
+                              hint="fix or delete it, then run `kitty-coreml install`")
         data.setdefault("default", None)
         data.setdefault("models", {})
+        models = data["models"]
+        for name, entry in (models.items() if isinstance(models, dict) else [(None, models)]):
+            path = entry.get("path") if isinstance(entry, dict) else None
+            if not isinstance(path, str) or not path.strip():
+                where = "`models`" if name is None else f"model {name!r}"
+                raise ConfigError(f"model registry {self.path}: {where} needs a folder in \"path\"; allowed: "
+                                  '"models": {name: {"path": folder, ...}}',
+                                  hint="fix or delete it, then run `kitty-coreml install`")
+        if data["default"] is not None and not isinstance(data["default"], str):
+            raise ConfigError(f"model registry {self.path}: `default` got {data['default']!r}; allowed: a model name",
+                              hint="fix or delete it, then run `kitty-coreml install`")
         return data
 
     def names(self) -> list[str]:

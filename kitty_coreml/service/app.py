@@ -27,6 +27,7 @@ from ..errors import (ConfigError, InstallError, InvalidRequest, KittyError, Mod
 from .limits import BodyLimit
 from .metrics import CONTENT_TYPE, render_metrics
 from .schema import GenerateBody, request_from_body
+from .security import RequestGuard
 
 if TYPE_CHECKING:
     from ..jobs import JobQueue
@@ -247,8 +248,12 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
     app.include_router(api)
 
     @app.get("/healthz", tags=["service"])
-    async def healthz() -> dict[str, Any]:
-        figures = await run_in_threadpool(queue.stats)
+    async def healthz():
+        try:
+            figures = await run_in_threadpool(queue.stats)
+        except KittyError as exc:  # say what is down, as JSON, rather than fail
+            return JSONResponse({"status": "down", "queue": queue.kind, "down": {"queue": exc.one_line()}},
+                                status_code=503)
         return {"status": "ok", "queue": queue.kind, "workers": figures.get("workers", 0)}
 
     @app.get("/metrics", tags=["service"], response_class=Response)
@@ -271,6 +276,7 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
                 "queue_name": settings.queue_name, "queue": queue.kind}
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts, cors_origins=settings.cors_origins)
     app.add_middleware(BodyLimit)
     return app
 

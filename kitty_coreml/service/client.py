@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import Cancelled, InvalidRequest, KittyError, QueueFull, ServiceError
+from ..settings import http_url_problem
 
 __all__ = ["ServiceClient", "JobFailed", "RequestRefused", "POLL_S"]
 
@@ -39,8 +40,9 @@ class _NoEventStream(Exception):
 
 class ServiceClient:
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 30.0):
-        if not base_url.startswith(("http://", "https://")):
-            raise InvalidRequest("server", base_url, "an http:// or https:// URL like http://127.0.0.1:8089")
+        problem = http_url_problem(base_url)
+        if problem:
+            raise InvalidRequest("server", base_url, f"an http:// or https:// URL like http://127.0.0.1:8089 ({problem})")
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout_s = timeout_s

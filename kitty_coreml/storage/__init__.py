@@ -29,7 +29,7 @@ def shared_s3_store(settings: Settings):
     """The process's one S3Store (and boto3 client, which is thread-safe) for these S3 settings: every
     job, `batch` prompt and request reuses it instead of paying ~100 ms for a new client each time."""
     fields = ("s3_bucket", "prefix", "s3_endpoint_url", "s3_region", "s3_access_key", "s3_secret_key",
-              "s3_create_bucket", "presign_expiry_s", "s3_retry_total_s", "s3_checksums")
+              "s3_create_bucket", "presign_expiry_s", "s3_retry_total_s", "s3_checksums", "s3_timeout_s")
     identity = tuple(getattr(settings, name) for name in fields)
     with _S3_STORES_LOCK:
         store = _S3_STORES.get(identity)
@@ -44,7 +44,7 @@ def resolve_ref(store: Store, ref: str, prefix: str) -> str:
     """An image reference as users type it: a 1-based index into the newest-first listing, a key, or a
     file name inside the prefix."""
     ref = ref.strip()
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit():  # "²" is a digit to str.isdigit, not to int()
         index = int(ref)
         if index < 1:
             raise NotFound(f"image index {ref}: indexes start at 1 (1 is the newest)")

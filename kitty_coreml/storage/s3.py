@@ -151,6 +151,7 @@ class S3Store:
                    region=settings.s3_region, access_key=settings.s3_access_key,
                    secret_key=settings.s3_secret_key, create_bucket=settings.s3_create_bucket,
                    presign_expiry_s=settings.presign_expiry_s, retry_total_s=settings.s3_retry_total_s,
+                   connect_timeout_s=min(5.0, settings.s3_timeout_s), read_timeout_s=settings.s3_timeout_s,
                    checksums=settings.s3_checksums)
 
     # -- calls, retries and errors -------------------------------------------------------------

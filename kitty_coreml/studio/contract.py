@@ -113,7 +113,8 @@ def _count(value: Any) -> int:
             number = float(value.strip())
         except ValueError:
             number = None
-    if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
+    if isinstance(number, bool) or not isinstance(number, int | float) or (
+            isinstance(number, float) and not math.isfinite(number)):
         raise InvalidRequest("count", value, "a number (floored, clamped to 1..8)")
     return max(1, min(MAX_COUNT, math.floor(number)))
 
@@ -184,6 +185,8 @@ def load_request(path: Path) -> StudioRequest:
         raise InvalidRequest("--request", str(path), f"UTF-8 JSON (byte {exc.start} is not UTF-8)") from None
     except ValueError as exc:
         raise InvalidRequest("--request", str(path), f"valid JSON (invalid request JSON: {exc})") from None
+    except RecursionError:
+        raise InvalidRequest("--request", str(path), "JSON nested less deeply (a request is a flat object)") from None
     return parse_request(data)
 
 

@@ -6,6 +6,7 @@ SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH at either."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,8 @@ def read_manifest(path: Path, home: Path | None = None) -> Manifest:
         if not isinstance(resource, str) or not resource.strip():
             raise ConfigError(f"Studio manifest {path}: ratio {label!r} has no resourcePath")
         sizes = [entry.get(k) for k in ("width", "height")]
-        width, height = (int(s) if isinstance(s, int | float) and not isinstance(s, bool) else None for s in sizes)
+        width, height = (int(s) if isinstance(s, int) and not isinstance(s, bool)
+                         or isinstance(s, float) and math.isfinite(s) else None for s in sizes)
         extra = {k: v for k, v in entry.items() if k not in ("resourcePath", "width", "height")}
         ratios[label] = RatioEntry(expand_home(resource.strip(), path.parent.absolute(), home), width, height, extra)
     return Manifest(path=path, ratios=ratios, extra={k: v for k, v in data.items() if k not in ("schema", "ratios")})

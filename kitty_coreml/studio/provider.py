@@ -489,6 +489,7 @@ def _run(args: list[str], env: Mapping[str, str] | None) -> dict[str, Any]:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)  # the terminal or the host went away: stop the same way
     progress: Callable[[Any], None] | None = _ndjson_progress if settings.progress == "ndjson" else None
     payload = answer(request, studio, settings, on_progress=progress, cancel=cancel)
     if cancel.cancelled:

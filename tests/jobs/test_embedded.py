@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 
@@ -34,19 +35,40 @@ def test_bound_and_positions(home):
     queue.close()
 
 
+def die(queue: EmbeddedQueue) -> None:
+    """What the kernel does for a killed process: its lease's lock goes (nothing is settled or unlinked)."""
+    os.close(queue._lease._fd)
+    queue._lease._fd = None
+
+
 def test_interrupted_job_runs_again_once_then_fails(home):
     first = EmbeddedQueue(settings(home))
     job_id = first.submit(request())["job_id"]
-    assert first._claim()[0] == job_id  # started, then the process "dies": no settle
+    assert first._claim()[0] == job_id  # started, then the process dies: no settle
+    die(first)
     second = EmbeddedQueue(settings(home))
     assert second.recovered == {"requeued": 1, "failed": 0}
     assert second.get(job_id)["status"] == "queued"
     assert second._claim()[0] == job_id
+    die(second)
     third = EmbeddedQueue(settings(home))
     assert third.recovered == {"requeued": 0, "failed": 1}
     failed = third.get(job_id)
     assert failed["status"] == "failed" and failed["error_code"] == "interrupted" and failed["attempts"] == 2
     for queue in (first, second, third):
+        queue.close()
+
+
+def test_a_job_whose_owner_still_runs_is_not_taken(home):
+    first = EmbeddedQueue(settings(home))
+    job_id = first.submit(request())["job_id"]
+    assert first._claim()[0] == job_id  # running in a process that is alive
+    second = EmbeddedQueue(settings(home))  # a second service on the same home
+    assert second.recovered == {"requeued": 0, "failed": 0}
+    assert second.get(job_id)["status"] == "started" and second._claim() is None
+    die(first)
+    assert second._recover() == {"requeued": 1, "failed": 0}  # the sweep takes it once its owner is gone
+    for queue in (first, second):
         queue.close()
 
 

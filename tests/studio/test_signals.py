@@ -1,6 +1,8 @@
-"""When the host kills the provider (SIGTERM on its timeout, or SIGKILL), the engine dies with it:
-the old provider left StableDiffusionSample running. The fake binary hangs at a step; its pid comes
-from FAKE_SD_PID_FILE; each test waits, with a deadline, for that process to disappear."""
+"""When the host kills the provider (SIGTERM on its timeout, or SIGKILL), or its terminal hangs up, the
+engine and the engine's own children die with it: the old provider left StableDiffusionSample running.
+The fake binary hangs at a step and starts a grandchild; their pids come from FAKE_SD_PID_FILE and
+FAKE_SD_SPAWN_CHILD; each test waits, with a deadline, for both to disappear, and whatever a failing
+test leaves is killed afterwards, so the suite itself never leaks a process."""
 
 from __future__ import annotations
 
@@ -46,6 +48,16 @@ def wait_gone(pid: int) -> bool:
     return gone(pid)
 
 
+@pytest.fixture(autouse=True)
+def no_leftovers(tmp_path: Path):
+    """After each test, kill what its engine left (the test has already failed if anything is left)."""
+    yield
+    for name in ("engine.pid", "grandchild.pid"):
+        path = tmp_path / name
+        if path.exists() and path.read_text().strip() and not gone(int(path.read_text())):
+            psutil.Process(int(path.read_text())).kill()
+
+
 def hanging_run(fake: Provider, tmp_path: Path) -> tuple[subprocess.Popen, int, int, list[str]]:
     """A provider whose engine hangs after step 2 and has a grandchild; (provider, engine pid,
     grandchild pid, stderr lines so far)."""
@@ -69,10 +81,22 @@ def test_sigterm_cancels_the_generation_and_kills_the_engine(fake: Provider, tmp
     assert wait_gone(grandchild), f"the engine's child {grandchild} outlived the provider"
 
 
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
-def test_sigkill_of_the_provider_takes_the_engine_with_it(fake: Provider, tmp_path: Path) -> None:
-    proc, engine, _, _ = hanging_run(fake, tmp_path)
+def test_sigkill_of_the_provider_takes_the_engine_and_its_children_with_it(fake: Provider, tmp_path: Path) -> None:
+    proc, engine, grandchild, _ = hanging_run(fake, tmp_path)
     proc.kill()
     proc.communicate(timeout=DEADLINE_S)
     assert proc.returncode == -signal.SIGKILL
     assert wait_gone(engine), f"engine {engine} outlived the SIGKILLed provider"
+    assert wait_gone(grandchild), f"the engine's child {grandchild} outlived the SIGKILLed provider"
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGHUP,), (signal.SIGTERM, signal.SIGTERM)], ids=["sighup", "twice"])
+def test_sighup_or_a_second_signal_still_kills_everything(fake: Provider, tmp_path: Path, signals) -> None:
+    proc, engine, grandchild, lines = hanging_run(fake, tmp_path)
+    for sig in signals:
+        proc.send_signal(sig)
+    stdout, rest = proc.communicate(timeout=DEADLINE_S)
+    outcome = check_outcome(proc.returncode, stdout, "".join(lines) + rest)
+    assert outcome.returncode == 1 and signal.Signals(signals[-1]).name in outcome.error
+    assert wait_gone(engine), f"engine {engine} outlived the provider"
+    assert wait_gone(grandchild), f"the engine's child {grandchild} outlived the provider"
