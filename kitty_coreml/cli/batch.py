@@ -81,7 +81,7 @@ def batch(
     terminate_as_cancel()
     warm = create_engine(engine_name, settings)
     items: list[dict[str, Any]] = []
-    progress = ProgressPrinter(settings.progress)
+    progress = ProgressPrinter(settings.progress, steps=steps)
     try:
         for prompt in prompts:
             try:
