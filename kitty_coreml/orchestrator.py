@@ -290,7 +290,7 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
                                                          job.model.width, job.model.height))
             output = engine.generate(job, emit, cancel)
         images, image_warnings = _check_images(output, resolved.count, job.model.width, job.model.height)
-        warnings += image_warnings
+        warnings += output.warnings + image_warnings
         timings = {"lock_wait_s": round(lock_s, 4), **{k: round(v, 4) for k, v in output.timings.items()}}
         items = []
         for index, data in images:
