@@ -44,7 +44,7 @@ def test_debug_before_the_command_too_and_after_the_double_dash_it_is_the_prompt
 def test_a_command_line_mistake_has_no_traceback_even_with_debug(kitty):
     run = kitty("generate", "x", "--no-such-flag", "--debug")
     assert run.returncode == 2
-    assert run.stderr.count("\n") == 1 and "No such option: --no-such-flag" in run.stderr
+    assert run.stderr.count("\n") == 1 and "No such option" in run.stderr and "--no-such-flag" in run.stderr
 
 
 @pytest.mark.parametrize("command", [[], ["images"], ["models"]], ids=lambda c: " ".join(c) or "root")
@@ -100,8 +100,8 @@ def test_shell_completion_is_enabled_and_lists_a_choice_values(kitty):
 
 def test_help_lists_choices_shows_flags_as_flags_and_keeps_examples_whole(kitty):
     text = kitty("generate", "--help").stdout
-    assert "<pndm|dpmpp>" in text and "<all|cpuOnly|cpuAndGPU|cpuAndNeuralEngine>" in text
-    assert "<auto|sample|coreml-worker|diffusers|mock>" in text
+    for values in ("pndm|dpmpp", "all|cpuOnly|cpuAndGPU|cpuAndNeuralEngine", "auto|sample|coreml-worker|diffusers|mock"):
+        assert f"[{values}]" in text or f"<{values}>" in text, values  # older typer brackets, newer angles
     assert "<bool>" not in text
     assert re.search(r"^  --json +Print one JSON object", text, re.MULTILINE)
     assert re.search(r"^  --safety / --no-safety +Run", text, re.MULTILINE)
@@ -138,7 +138,7 @@ def test_a_choice_error_names_the_value_and_what_is_allowed(kitty):
     (["images", "select", "999", "--json"], "not_found", 2),
     (["images", "list", "--limit", "0", "--json"], "invalid_request", 2),
     (["generate", "a cube", "--timeout", "0", "--json"], "invalid_request", 2),
-    (["generate", "--json"], "usage", 2),
+    (["generate", "a cube", "--count", "x", "--json"], "usage", 2),
     (["generate", "a cube", "--scheduler", "euler", "--json"], "usage", 2),
     (["batch", "/no/such/prompts.txt", "--json"], "invalid_request", 2),
     (["publish", "--json"], "invalid_request", 2),
@@ -151,6 +151,14 @@ def test_every_json_command_answers_a_failure_with_a_json_error(kitty, args, cod
     answer = run.json
     assert answer["error"]["code"] == code and answer["error"]["message"]
     assert run.stderr.startswith("kitty-coreml: error: ") and run.stderr.count("\n") == 1
+
+
+def test_a_missing_prompt_is_a_json_error_naming_it(kitty):
+    run = kitty("generate", "--json")
+    assert run.returncode == 2
+    error = run.json["error"]
+    # click says "Missing argument"; typer 0.16-0.17 (with click 8.2+) let None through to the request's check
+    assert error["code"] in ("usage", "invalid_request") and re.search("prompt", error["message"], re.IGNORECASE)
 
 
 def test_a_json_error_names_the_flag_too(kitty):

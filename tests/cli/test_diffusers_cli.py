@@ -89,7 +89,7 @@ def test_batch_of_an_empty_file_fails_loud(kitty, smoke_env, tmp_path):
     prompts.write_text("# only a comment\n\n")
     run = kitty("batch", str(prompts), *DIFFUSERS)
     assert run.returncode == 2
-    assert "prompts_file" in run.stderr and "at least one prompt line" in run.stderr
+    assert "PROMPTS_FILE: got" in run.stderr and "at least one prompt line" in run.stderr
 
 
 def test_ctrl_c_stops_the_warm_worker_and_stores_nothing(smoke_env, home):
