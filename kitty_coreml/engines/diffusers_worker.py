@@ -299,13 +299,15 @@ class DiffusersWorker:
 
         scheduler_class = PNDMScheduler if scheduler == "pndm" else DPMSolverMultistepScheduler
         pipe = loaded.pipe if starting is None else loaded.img2img
-        pipe.scheduler = scheduler_class.from_config(loaded.base_scheduler_config)
-        # one generator per image: image i of a request depends only on seed + i
-        generators = [torch.Generator(device="cpu").manual_seed(seed + index) for index in range(count)]
+        # Images run one at a time, each from its own generator seeded seed + i: a batch of n runs
+        # other matrix shapes than n batches of one, and BLAS kernels then round differently, so
+        # only this makes image i of a request bit-identical to a count-1 request with seed + i.
+        done_steps = 0
 
         def on_step_end(pipeline: Any, step_index: int, timestep: Any, tensors: dict) -> dict:
-            self.writer.send({"type": "progress", "id": message["id"], "step": step_index + 1,
-                              "total": int(pipeline.num_timesteps)})
+            per_image = int(pipeline.num_timesteps)
+            self.writer.send({"type": "progress", "id": message["id"], "step": done_steps + step_index + 1,
+                              "total": per_image * count})
             if job.stop.is_set():
                 raise _StopRequested
             return tensors
@@ -314,24 +316,31 @@ class DiffusersWorker:
             raise RequestFailed("cancelled", "cancelled before the first step")
         started = time.monotonic()
         arguments: dict[str, Any] = {
-            "prompt": prompt, "negative_prompt": negative or None, "num_images_per_prompt": count,
-            "num_inference_steps": steps, "guidance_scale": float(guidance), "generator": generators,
+            "prompt": prompt, "negative_prompt": negative or None, "num_images_per_prompt": 1,
+            "num_inference_steps": steps, "guidance_scale": float(guidance),
             "callback_on_step_end": on_step_end, "output_type": "pil",
         }
         if starting is not None:
             arguments.update(image=starting, strength=float(strength))
         else:
             arguments.update(width=loaded.width, height=loaded.height)
-        try:
-            with torch.inference_mode():
-                output = pipe(**arguments)
-        except _StopRequested:
-            raise RequestFailed("cancelled", "cancelled after step as asked") from None
-        except Exception as exc:
-            raise RequestFailed("generation_failed", f"{type(exc).__name__}: {exc}") from exc
-        flagged = getattr(output, "nsfw_content_detected", None) or [False] * count
+        images: list[Any] = []
+        flagged: list[bool] = []
+        for index in range(count):
+            pipe.scheduler = scheduler_class.from_config(loaded.base_scheduler_config)
+            generator = torch.Generator(device="cpu").manual_seed((seed + index) % 2**32)
+            try:
+                with torch.inference_mode():
+                    output = pipe(**arguments, generator=generator)
+            except _StopRequested:
+                raise RequestFailed("cancelled", "cancelled after step as asked") from None
+            except Exception as exc:
+                raise RequestFailed("generation_failed", f"{type(exc).__name__}: {exc}") from exc
+            done_steps += int(pipe.num_timesteps)
+            images.append(output.images[0])
+            flagged.append(bool((getattr(output, "nsfw_content_detected", None) or [False])[0]))
         paths: list[str | None] = []
-        for index, image in enumerate(output.images):
+        for index, image in enumerate(images):
             if flagged[index]:
                 paths.append(None)
                 continue
