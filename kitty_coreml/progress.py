@@ -21,23 +21,26 @@ _TICK_S = 1.0
 _WAITS = ("loading", "waiting")
 
 
-def shown_step(step: int, total: int, asked: int | None) -> tuple[int, int]:
-    """(step, total) on the scale the user asked for. PNDM runs one step more than asked (Apple's
-    pipeline and diffusers both report steps + 1); `--steps 20` then reads "of 20", never ahead of
-    the real progress."""
-    if asked and total == asked + 1:
-        return max(1, step * asked // total), asked
+def shown_step(step: int, total: int, pndm_steps: int | None) -> tuple[int, int]:
+    """(step, total) on the scale the user asked for. PNDM runs one step more than asked: Apple's
+    pipeline reports steps + 1 for the whole batch, the diffusers worker count × (steps + 1) across
+    its images. `--steps 20` then reads "of 20" (or "of 40" for two images), never ahead of the real
+    progress. pndm_steps: the steps asked when the scheduler is PNDM, else None."""
+    if pndm_steps and total % (pndm_steps + 1) == 0:
+        shown_total = total // (pndm_steps + 1) * pndm_steps
+        return max(1, step * shown_total // total), shown_total
     return step, total
 
 
 class ProgressPrinter:
-    def __init__(self, mode: str = "auto", stream: TextIO | None = None, *, steps: int | None = None):
-        """steps: the step count the request asked for (see shown_step)."""
+    def __init__(self, mode: str = "auto", stream: TextIO | None = None, *, steps: int | None = None,
+                 scheduler: str | None = None):
+        """steps, scheduler: what the request asked for, to show PNDM's steps on that scale (shown_step)."""
         self.stream = stream or sys.stderr
         if mode == "auto":
             mode = "bar" if self.stream.isatty() else "plain"
         self.mode = mode
-        self.steps = steps
+        self.pndm_steps = steps if scheduler == "pndm" else None
         self._bar_open = False
         self._last_plain_step: int | None = None
         self._lock = threading.Lock()
@@ -71,7 +74,7 @@ class ProgressPrinter:
 
     def _plain(self, event: ProgressEvent) -> None:
         if event.kind == "step":
-            step, total = shown_step(event.step or 0, event.total or 1, self.steps)
+            step, total = shown_step(event.step or 0, event.total or 1, self.pndm_steps)
             every = max(1, total // 10)
             if step != self._last_plain_step and (step == total or step % every == 0):
                 self._last_plain_step = step
@@ -86,7 +89,7 @@ class ProgressPrinter:
     def _bar(self, event: ProgressEvent) -> None:
         self._stop_ticking()
         if event.kind == "step" and event.total:
-            step, total = shown_step(event.step or 0, event.total, self.steps)
+            step, total = shown_step(event.step or 0, event.total, self.pndm_steps)
             done = int(_BAR_WIDTH * step / total)
             rate = f" {event.rate:.2f} step/s" if event.rate else ""
             images = f" · {event.images} image(s)" if event.images and event.images > 1 else ""

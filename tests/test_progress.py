@@ -16,13 +16,21 @@ def test_pndm_steps_map_onto_the_steps_asked():
     assert [step for step, _ in shown] == sorted(step for step, _ in shown)
     assert all(step * 21 <= real * 20 or step == 1 for (step, _), real in zip(shown, range(1, 22), strict=True)), \
         "never ahead of the real progress"
-    assert shown_step(7, 12, 20) == (7, 12), "other totals (img2img, dpmpp) are shown as they are"
-    assert shown_step(3, 21, None) == (3, 21)
+    assert shown_step(42, 42, 20) == (40, 40), "the diffusers worker counts across two images"
+    assert shown_step(7, 12, 20) == (7, 12), "other totals (img2img) are shown as they are"
+    assert shown_step(3, 21, None) == (3, 21), "dpmpp runs the steps asked"
+
+
+def test_only_pndm_is_rescaled():
+    stream = io.StringIO()
+    printer = ProgressPrinter("plain", stream, steps=1, scheduler="dpmpp")
+    printer(ProgressEvent("step", step=2, total=2))
+    assert stream.getvalue() == "step 2 of 2\n"
 
 
 def test_bar_shows_the_asked_scale():
     stream = io.StringIO()
-    printer = ProgressPrinter("bar", stream, steps=20)
+    printer = ProgressPrinter("bar", stream, steps=20, scheduler="pndm")
     printer(ProgressEvent("step", step=21, total=21))
     printer.close()
     assert "step 20/20" in stream.getvalue() and "/21" not in stream.getvalue()

@@ -77,11 +77,12 @@ def batch(
     settings = load_settings()
     prompts = read_prompts(prompts_file)
     # validate the shared flags and pick the engine once, before anything starts
-    _, _, engine_name, _, _ = resolve(build_request(prompts[0], **options), settings, prefer_warm=True)
+    first = build_request(prompts[0], **options)
+    _, _, engine_name, _, _ = resolve(first, settings, prefer_warm=True)
     terminate_as_cancel()
     warm = create_engine(engine_name, settings)
     items: list[dict[str, Any]] = []
-    progress = ProgressPrinter(settings.progress, steps=steps)
+    progress = ProgressPrinter(settings.progress, steps=first.steps, scheduler=first.scheduler)
     try:
         for prompt in prompts:
             try:

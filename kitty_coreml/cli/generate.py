@@ -144,7 +144,7 @@ def generate(
         from ..progress import ProgressPrinter
 
         terminate_as_cancel()
-        progress = ProgressPrinter(settings.progress, steps=request.steps)
+        progress = ProgressPrinter(settings.progress, steps=request.steps, scheduler=request.scheduler)
         try:
             result = run(request, settings, on_progress=progress).to_dict()
         finally:
