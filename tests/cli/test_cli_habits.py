@@ -223,3 +223,28 @@ def test_a_prompt_past_77_tokens_is_a_warning(kitty):
     unguided = kitty("generate", "a cat", "--negative", long_prompt, "--guidance", "0.5", "--json").json
     assert unguided["warnings"] == [], "without guidance Apple's pipeline never encodes the negative prompt"
     assert kitty("generate", " ".join(["cat"] * 75), "--json").json["warnings"] == []
+
+
+def _readme_session_errors() -> list[tuple[list[str], str]]:
+    """The README session's commands whose whole answer is one error line, with that line."""
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    session = readme[readme.index("```console"):]
+    session = session[:session.index("```", 3)]
+    found = []
+    for block in session.split("\n$ ")[1:]:
+        command, *output = block.strip().splitlines()
+        if len(output) == 1 and output[0].startswith("kitty-coreml: error: "):
+            found.append((shlex.split(command)[1:], output[0]))
+    return found
+
+
+@pytest.mark.parametrize(("args", "line"), _readme_session_errors(), ids=lambda value: str(value)[:40])
+def test_the_readme_session_errors_are_what_the_cli_says(kitty, args, line):
+    run = kitty(*args)
+    assert run.returncode != 0 and run.stderr == line + "\n"
+
+
+def test_the_readme_session_has_error_examples():
+    assert len(_readme_session_errors()) >= 2
