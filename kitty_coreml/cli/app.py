@@ -37,6 +37,8 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+# main() reads --debug wherever it appears (before `--`) and removes it before typer parses; it is
+# declared here so that help and completion show it.
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Also print the traceback of a failure (our code's frames); "
