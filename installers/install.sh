@@ -121,8 +121,9 @@ else
   PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
   # A fingerprint of what would be installed: unchanged sources and extras are not reinstalled.
   STAMP="$VENV/.kitty-coreml-installed"
-  EXTRA=""
-  [ "$OS" = Linux ] && EXTRA="[diffusers]"
+  # `serve` and `worker` are commands the README names: the service extra goes in everywhere.
+  EXTRA="[service]"
+  [ "$OS" = Linux ] && EXTRA="[diffusers,service]"
   FINGERPRINT="$("$VENV/bin/python" - "$SOURCE" "$EXTRA" <<'PY'
 import hashlib, sys
 from pathlib import Path

@@ -22,13 +22,16 @@ from .engines.base import CancelToken, Engine, EngineJob, EngineOutput, Progress
 from .errors import (Cancelled, InvalidRequest, KittyError, ModelError, OutputError, PlatformUnsupported,
                      PublishPending, SafetyRemovedAll)
 from .models import MOCK_MODEL, ModelInfo, Registry, resolve_model
+from .models.variants import apply as apply_variant
+from .models.variants import pick as pick_variant
 from .request import GenerationRequest, GenerationResult, ImageResult
 from .resources import inspect_resources
 from .seeds import resolve_seed
 from .settings import Settings
 from .storage import Store, create_store, new_key
 
-__all__ = ["generate", "plan", "resolve", "choose_engine", "default_compute_units", "MachineLock", "fit_image"]
+__all__ = ["generate", "plan", "resolve", "choose_engine", "default_compute_units", "MachineLock", "fit_image",
+           "fit_png", "target_size"]
 
 
 class MachineLock:
@@ -115,8 +118,33 @@ def choose_engine(request: GenerationRequest, settings: Settings, model: ModelIn
 def _model_for(request: GenerationRequest, settings: Settings) -> ModelInfo:
     if request.model is None and (request.engine or settings.engine) == "mock":
         return MOCK_MODEL
-    return resolve_model(request.model, registry=Registry(settings.registry_path),
-                         default_model=settings.model, default_resource_path=settings.resource_path)
+    return resolve_model(request.model, registry=Registry(settings.registry_path), default_model=settings.model,
+                         default_resource_path=settings.resource_path, models_yaml=settings.models_yaml)
+
+
+def target_size(request: GenerationRequest, model: ModelInfo) -> tuple[int, int]:
+    """The size of the images a request gets: the width and height it asks for, else the model's."""
+    return request.width or model.width, request.height or model.height
+
+
+def _sized(request: GenerationRequest, model: ModelInfo) -> tuple[ModelInfo, list[str]]:
+    """The model's variant that makes the size asked for, else its nearest-aspect one (the images are then
+    fitted: cover and centre crop), with the warning that says so."""
+    if model.format == "procedural":
+        return model, []
+    width, height = target_size(request, model)
+    model = apply_variant(model, pick_variant(model, width, height))
+    if (model.width, model.height) == (width, height):
+        return model, []
+    return model, [f"made at {model.width}x{model.height}, fitted to {width}x{height} (model {model.name!r} "
+                   f"has no {width}x{height} variant; the nearest aspect was scaled to cover and centre-cropped)"]
+
+
+def _refiner_warnings(request: GenerationRequest, model: ModelInfo) -> list[str]:
+    if request.refiner is None or (model.format == "coreml" and model.family == "sdxl" and model.has_refiner):
+        return []
+    return [f"refiner {request.refiner!r} not applied: model {model.name!r} has no UnetRefiner "
+            "(only Core ML SDXL bundles with one are refined); the base model ran alone"]
 
 
 def _check(request: GenerationRequest, model: ModelInfo, compute_units: str) -> list[str]:
@@ -150,22 +178,16 @@ def _check(request: GenerationRequest, model: ModelInfo, compute_units: str) -> 
     if request.input_image is not None and not model.has_encoder:
         raise ModelError(f"model {model.name!r} has no VAEEncoder, so it cannot start from an image",
                          hint="drop --image, or install a model with an encoder (sd21-palettized has one)")
-    if model.format != "procedural":
-        for name, native in (("width", model.width), ("height", model.height)):
-            value = getattr(request, name)
-            if value is not None and value != native:
-                raise InvalidRequest(name, value, f"{native} (model {model.name!r} makes only "
-                                                  f"{model.width}x{model.height}) or left out")
     return warnings
 
 
 def resolve(request: GenerationRequest, settings: Settings, *, prefer_warm: bool = False,
             engine_name: str | None = None) -> tuple[GenerationRequest, ModelInfo, str, str, list[str]]:
     """(request with seed and run id filled in, model, engine name, compute units, warnings)."""
-    model = _model_for(request, settings)
+    model, warnings = _sized(request, _model_for(request, settings))
     name = engine_name or choose_engine(request, settings, model, prefer_warm=prefer_warm)
     compute_units = request.compute_units or default_compute_units(model)
-    warnings = _check(request, model, compute_units)
+    warnings += _check(request, model, compute_units) + _refiner_warnings(request, model)
     seed, run_id = resolve_seed(request.prompt, request.seed, request.run_id)
     resolved = replace(request, seed=seed, run_id=run_id, compute_units=compute_units,
                        timeout_s=request.timeout_s or settings.timeout_s)
@@ -196,15 +218,33 @@ def plan(request: GenerationRequest, settings: Settings) -> dict[str, Any]:
             "warnings": warnings, **described}
 
 
+def _cover_crop(image: Any, width: int, height: int) -> Any:
+    from PIL import Image, ImageOps
+
+    return ImageOps.fit(image.convert("RGB"), (width, height), method=Image.Resampling.LANCZOS)
+
+
 def fit_image(source: Path, dest: Path, width: int, height: int) -> Path:
     """Scale an image to cover width x height, centre-crop it, and save it as RGB PNG."""
     from PIL import Image, ImageOps
 
     with Image.open(source) as image:
-        upright = ImageOps.exif_transpose(image)  # a phone photo's EXIF rotation, applied
-        fitted = ImageOps.fit(upright.convert("RGB"), (width, height), method=Image.Resampling.LANCZOS)
+        fitted = _cover_crop(ImageOps.exif_transpose(image), width, height)  # a phone photo's EXIF rotation
     fitted.save(dest, format="PNG")
     return dest
+
+
+def fit_png(data: bytes, width: int, height: int) -> bytes:
+    """A generated PNG scaled to cover width x height and centre-cropped (a size no variant makes)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        fitted = _cover_crop(image, width, height)
+    out = io.BytesIO()
+    fitted.save(out, format="PNG")
+    return out.getvalue()
 
 
 def _check_images(output: EngineOutput, count: int, width: int, height: int) -> tuple[list[tuple[int, bytes]], list[str]]:
@@ -258,7 +298,7 @@ def _sidecar(request: GenerationRequest, model: ModelInfo, engine: str, index: i
         "created": datetime.now(timezone.utc).isoformat(),
         "timings": timings,
         "warnings": warnings,
-        "request": request.to_dict(),
+        "request": request.to_dict() | {"cfg": request.guidance},  # KITTY's sidecar names guidance cfg
     }
 
 
@@ -291,17 +331,19 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
             output = engine.generate(job, emit, cancel)
         images, image_warnings = _check_images(output, resolved.count, job.model.width, job.model.height)
         warnings += output.warnings + image_warnings
+        width, height = target_size(resolved, job.model)
+        if (width, height) != (job.model.width, job.model.height):
+            images = [(index, fit_png(data, width, height)) for index, data in images]
         timings = {"lock_wait_s": round(lock_s, 4), **{k: round(v, 4) for k, v in output.timings.items()}}
         items = []
         for index, data in images:
             key = new_key(settings.prefix)
-            sidecar = _sidecar(resolved, job.model, output.engine, index, key, job.model.width,
-                               job.model.height, timings, warnings)
+            sidecar = _sidecar(resolved, job.model, output.engine, index, key, width, height, timings, warnings)
             texts = {
                 "parameters": a1111_parameters(
                     prompt=resolved.prompt, negative_prompt=resolved.negative_prompt, steps=resolved.steps,
                     scheduler=resolved.scheduler, guidance=resolved.guidance, seed=resolved.seed,
-                    width=job.model.width, height=job.model.height, model=model.name,
+                    width=width, height=height, model=model.name,
                     extra={"Image index": index, "Run id": resolved.run_id, "Engine": output.engine}),
                 METADATA_KEY: _json(sidecar),
             }
@@ -330,7 +372,7 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
     for index, item in items:
         stored = published.get(item.key)
         results.append(ImageResult(
-            index=index, key=item.key, width=job.model.width, height=job.model.height,
+            index=index, key=item.key, width=width, height=height,
             storage_uri=stored.storage_uri if stored else item.png.absolute().as_uri(),
             path=str(stored.path) if stored and stored.path else (None if stored else str(item.png)),
             published=stored is not None))

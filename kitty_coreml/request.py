@@ -29,6 +29,9 @@ MAX_COUNT = 8
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
 MAX_SEED = 2**32 - 1
+MIN_SIZE, MAX_SIZE = 64, 2048
+"""Image sizes a request may ask for (multiples of 8): made by the model's variant of that size, or
+fitted from the nearest-aspect one."""
 _RUN_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
@@ -95,6 +98,9 @@ class GenerationRequest:
     engine: str | None = None
     width: int | None = None
     height: int | None = None
+    refiner: str | None = None
+    """KITTY's refiner model name: Apple's XL pipeline refines with the bundle's UnetRefiner; without one
+    the base model runs alone, with a warning."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are written once, here
@@ -126,8 +132,11 @@ class GenerationRequest:
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None:
-                set_(self, name, _integer(name, value, 64, 4096))
-        for name in ("model", "engine"):
+                value = _integer(name, value, MIN_SIZE, MAX_SIZE)
+                if value % 8:
+                    raise InvalidRequest(name, value, f"a multiple of 8 in {MIN_SIZE}..{MAX_SIZE}")
+                set_(self, name, value)
+        for name in ("model", "engine", "refiner"):
             value = getattr(self, name)
             if value is not None:
                 if not isinstance(value, str) or not value.strip() or "\x00" in value:

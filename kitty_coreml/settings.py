@@ -150,6 +150,11 @@ class Settings(BaseModel):
     ~/.local/bin, /opt/homebrew/bin, /usr/local/bin on PATH, else ~/.local/bin; `none`: no links."""
     search_path: tuple[Path, ...] = ()
     """PATH: the folders searched for programs (read here for choosing where to link the commands)."""
+    # KITTY drop-in (engineer kitty): KITTY's model names and RQ queue name.
+    models_yaml: Path | None = None
+    """MODELS_YAML: KITTY's models.yaml (a map: model name -> folder, diffusers or Core ML resources)."""
+    queue_name: str = "images"
+    """KITTY_COREML_QUEUE_NAME: the RQ queue the service fills and workers pull (KITTY's is `images`)."""
 
     @property
     def images_root(self) -> Path:
@@ -230,6 +235,9 @@ class Settings(BaseModel):
                                    ("auto", "yes", "no"), "auto"),
             link_dir=_path(get("KITTY_COREML_LINK_DIR")),
             search_path=tuple(Path(p) for p in (get("PATH") or "").split(os.pathsep) if p),
+            # KITTY drop-in (engineer kitty)
+            models_yaml=_path(get("MODELS_YAML")),
+            queue_name=_queue_name(get("KITTY_COREML_QUEUE_NAME")),
         )
 
 
@@ -335,3 +343,14 @@ class StudioSettings(BaseModel):
             output=_choice("KITTY_COREML_STUDIO_OUTPUT", get("KITTY_COREML_STUDIO_OUTPUT"), STUDIO_OUTPUTS, "path"),
             base64_budget_bytes=int(budget),
         )
+
+
+def _queue_name(raw: str | None) -> str:
+    """An RQ queue name: KITTY's `images` unless set; printable, no spaces (it is part of Redis keys)."""
+    if raw is None or raw.strip() == "":
+        return "images"
+    value = raw.strip()
+    if len(value) > 100 or any(not ("\x21" <= c <= "\x7e") for c in value):
+        raise ConfigError(f"KITTY_COREML_QUEUE_NAME: got {raw!r}; allowed: 1..100 printable ASCII characters "
+                          "without spaces (default images)")
+    return value

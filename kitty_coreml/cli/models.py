@@ -1,4 +1,5 @@
-"""`kitty-coreml models`: what is installed and available, and the tiny smoke model."""
+"""`kitty-coreml models`: what is installed and available, registering folders by name (KITTY's names
+too), and the tiny smoke model."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import typer
 
 from .app import app
 
-models_app = typer.Typer(help="List models; create the tiny smoke model.", no_args_is_help=True)
+models_app = typer.Typer(help="List models; add or remove a folder by name; create the tiny smoke model.",
+                         no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
@@ -43,3 +45,47 @@ def smoke(
     else:
         typer.echo(f"smoke model ready at {model.path} ({model.width}x{model.height}); "
                    "use it with --engine diffusers --model smoke")
+
+
+@models_app.command("add")
+def add(
+    name: str = typer.Argument(..., help="The name requests use, e.g. KITTY's sdxl_base."),
+    folder: str = typer.Argument(..., help="A Core ML resource folder (*.mlmodelc) or a diffusers pipeline "
+                                           "(model_index.json)."),
+    variant: bool = typer.Option(False, "--variant", help="Add FOLDER as another size of the registered "
+                                                          "model NAME instead of replacing it."),
+    make_default: bool = typer.Option(False, "--default", help="Make it the model used when a request names none."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Register a folder under a name (or, with --variant, as another size of a registered model)."""
+    from pathlib import Path
+
+    from ..models.registry import Registry, check_name, model_from_folder
+    from .common import load_settings, print_json
+
+    registry = Registry(load_settings().registry_path)
+    check_name(name)
+    if variant:
+        added = registry.add_variant(name, Path(folder))
+        report = {"name": name, "variant": added.to_dict()}
+        message = f"{name}: variant {added.width}x{added.height} at {added.path}"
+    else:
+        model = model_from_folder(Path(folder), name)
+        registry.register(model, make_default=make_default)
+        report = model.to_dict()
+        message = f"{name}: {model.format} {model.family} model, {model.width}x{model.height}, at {model.path}"
+    print_json(report) if as_json else typer.echo(message)
+
+
+@models_app.command("remove")
+def remove(name: str = typer.Argument(..., help="A registered model name.")) -> None:
+    """Forget a registered name; the model's files stay where they are."""
+    from ..errors import ModelError
+    from ..models.registry import Registry
+    from .common import load_settings
+
+    registry = Registry(load_settings().registry_path)
+    if name not in registry.names():
+        raise ModelError(f"no model {name!r} is registered; registered: {', '.join(registry.names()) or 'none'}")
+    registry.unregister(name)
+    typer.echo(f"{name}: removed from the registry (its files are untouched)")

@@ -1,5 +1,8 @@
 """The distributed queue: jobs go through RQ on Redis (REDIS_URL or `--queue redis://...`), and
-`kitty-coreml worker --queue redis://...` on each Mac pulls them.
+`kitty-coreml worker --queue redis://...` on each Mac pulls them, as does a plain
+`rq worker -w rq.worker.SimpleWorker images` where kitty-coreml is installed (jobs name their function
+by import path, and it reads its settings from the environment). The RQ queue is named by
+KITTY_COREML_QUEUE_NAME, default `images`, as KITTY's.
 
 Workers are rq.worker.SimpleWorker: RQ's default worker forks a child per job, and a forked child
 crashes on macOS once Core ML / Metal has been touched in the parent. A SimpleWorker runs jobs in its
@@ -18,14 +21,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Cancelled, ConfigError, KittyError, QueueFull, ServiceError
-from .base import CANCELLED, DONE, ERROR, QUEUED, STARTED, new_job_id
+from .base import CANCELLED_CODE, FAILED, FINISHED, QUEUED, STARTED, failed_fields, new_job_id
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["RedisQueue", "run_job", "run_worker", "QUEUE_NAME"]
+__all__ = ["RedisQueue", "run_job", "run_worker"]
 
-QUEUE_NAME = "kitty-coreml-images"
 _METRICS_KEY = "kitty-coreml:metrics"
 _CANCEL_KEY = "kitty-coreml:cancel:{}"
 _CANCEL_POLL_S = 0.2
@@ -71,7 +73,7 @@ class RedisQueue:
         self.url = url
         self.redis = _connect(url)
         _ping(self.redis, url)
-        self.queue = Queue(QUEUE_NAME, connection=self.redis)
+        self.queue = Queue(settings.queue_name, connection=self.redis)
 
     def submit(self, request: dict[str, Any]) -> dict[str, Any]:
         waiting = self.queue.count
@@ -114,16 +116,15 @@ class RedisQueue:
             if meta.get("progress"):
                 view["progress"] = meta["progress"]
         elif status == "finished":
-            view["status"] = DONE
+            view["status"] = FINISHED
             view["result"] = job.return_value()
-        elif status in ("canceled", "stopped") or meta.get("error_code") == "cancelled":
-            view["status"] = CANCELLED
-            view["error"] = meta.get("error") or "cancelled"
-            view["error_code"] = "cancelled"
+        elif status in ("canceled", "stopped") or meta.get("error_code") == CANCELLED_CODE:
+            view["status"] = FAILED
+            view.update(failed_fields(meta.get("error") or "cancelled", CANCELLED_CODE))
         else:
-            view["status"] = ERROR
-            view["error"] = meta.get("error") or _last_line(job.latest_result())
-            view["error_code"] = meta.get("error_code") or "worker_failed"
+            view["status"] = FAILED
+            view.update(failed_fields(meta.get("error") or _last_line(job.latest_result()),
+                                      meta.get("error_code") or "worker_failed"))
         return view
 
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -137,7 +138,7 @@ class RedisQueue:
         status = job.get_status(refresh=True)
         status = status.value if hasattr(status, "value") else str(status)
         if status in ("queued", "deferred", "scheduled"):
-            job.meta.update(error="cancelled before it started", error_code="cancelled")
+            job.meta.update(error="cancelled through the API before it started", error_code=CANCELLED_CODE)
             job.save_meta()
             job.cancel()
         elif status == "started":
@@ -153,9 +154,11 @@ class RedisQueue:
     def stats(self) -> dict[str, Any]:
         from rq import Worker
 
+        cancelled = self.queue.canceled_job_registry.count
         return {"queue": self.kind, QUEUED: self.queue.count, STARTED: self.queue.started_job_registry.count,
-                DONE: self.queue.finished_job_registry.count, ERROR: self.queue.failed_job_registry.count,
-                CANCELLED: self.queue.canceled_job_registry.count, "max_queued": self.settings.queue_max,
+                FINISHED: self.queue.finished_job_registry.count,
+                FAILED: self.queue.failed_job_registry.count + cancelled, "cancelled": cancelled,
+                "queue_name": self.settings.queue_name, "max_queued": self.settings.queue_max,
                 "workers": Worker.count(queue=self.queue), "retention_s": self.settings.job_retention_s}
 
     def counters(self) -> dict[str, float]:
@@ -215,9 +218,9 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
         result, seconds, publish_failed = run_request(request, settings, _worker_engines, cancel=token,
                                                       on_progress=on_progress)
     except KittyError as exc:
-        job.meta.update(error=exc.one_line(), error_code="cancelled" if isinstance(exc, Cancelled) else exc.code)
+        job.meta.update(error=exc.one_line(), error_code=CANCELLED_CODE if isinstance(exc, Cancelled) else exc.code)
         job.save_meta()
-        redis.hincrbyfloat(_METRICS_KEY, f"jobs_{CANCELLED if isinstance(exc, Cancelled) else ERROR}_total", 1)
+        redis.hincrbyfloat(_METRICS_KEY, f"jobs_{FAILED}_total", 1)
         raise
     finally:
         finished.set()
@@ -225,7 +228,7 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
     pipe = redis.pipeline()
     pipe.hincrbyfloat(_METRICS_KEY, "generation_seconds_sum", seconds)
     pipe.hincrbyfloat(_METRICS_KEY, "generation_seconds_count", 1)
-    pipe.hincrbyfloat(_METRICS_KEY, f"jobs_{DONE}_total", 1)
+    pipe.hincrbyfloat(_METRICS_KEY, f"jobs_{FINISHED}_total", 1)
     pipe.hincrbyfloat(_METRICS_KEY, "publish_failures", 1 if publish_failed else 0)
     pipe.execute()
     return result
@@ -243,7 +246,7 @@ def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str |
     _ping(connection, url)
     _worker_settings = settings
     _worker_engines = WarmEngines(settings)
-    worker = SimpleWorker([Queue(QUEUE_NAME, connection=connection)], connection=connection, name=name)
+    worker = SimpleWorker([Queue(settings.queue_name, connection=connection)], connection=connection, name=name)
     try:
         return worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
     finally:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..engines.base import CancelToken, ProgressEvent
 from ..errors import Cancelled, KittyError, QueueFull
-from .base import CANCELLED, DONE, ERROR, QUEUED, STARTED, STATES, new_job_id
+from .base import CANCELLED_CODE, FAILED, FINISHED, QUEUED, STARTED, STATES, failed_fields, new_job_id
 from .execute import WarmEngines, run_request
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ _SHUTDOWN = "the service is shutting down"
 _EVENT_LOGS_KEPT = 256
 """Progress events are kept in memory for this many of the newest runs, for event streams to replay."""
 
+_OLD_STATES = {"done": FINISHED, "error": FAILED, "cancelled": FAILED}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -98,12 +99,14 @@ class EmbeddedQueue:
     def _recover(self) -> dict[str, int]:
         """Settle the job a killed process left started: queue it again once, else fail it."""
         with self._tx():
+            for old, new in _OLD_STATES.items():  # a queue written before the states were KITTY's
+                self._db.execute("UPDATE jobs SET status=? WHERE status=?", (new, old))
             retried = self._db.execute(
                 "UPDATE jobs SET status=?, started=NULL WHERE status=? AND attempts<?",
                 (QUEUED, STARTED, MAX_ATTEMPTS)).rowcount
             failed = self._db.execute(
                 "UPDATE jobs SET status=?, finished=?, error=?, error_code=? WHERE status=?",
-                (ERROR, time.time(), f"interrupted {MAX_ATTEMPTS} times by a stop of the service while running",
+                (FAILED, time.time(), f"interrupted {MAX_ATTEMPTS} times by a stop of the service while running",
                  "interrupted", STARTED)).rowcount
         return {"requeued": retried, "failed": failed}
 
@@ -122,9 +125,8 @@ class EmbeddedQueue:
                 view["progress"] = events[-1]
         if row["result"]:
             view["result"] = json.loads(row["result"])
-        if row["error"]:
-            view["error"] = row["error"]
-            view["error_code"] = row["error_code"]
+        if row["status"] == FAILED:
+            view.update(failed_fields(row["error"], row["error_code"]))
         return view
 
     def submit(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +150,8 @@ class EmbeddedQueue:
     def cancel(self, job_id: str) -> dict[str, Any] | None:
         with self._tx():
             self._db.execute("UPDATE jobs SET status=?, finished=?, error=?, error_code=? WHERE id=? AND status=?",
-                             (CANCELLED, time.time(), "cancelled before it started", "cancelled", job_id, QUEUED))
+                             (FAILED, time.time(), "cancelled through the API before it started", CANCELLED_CODE,
+                              job_id, QUEUED))
             current = self._current
         if current is not None and current[0] == job_id:
             current[1].cancel("cancelled through the API")
@@ -163,7 +166,9 @@ class EmbeddedQueue:
             counts = dict.fromkeys(STATES, 0)
             for status, number in self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
                 counts[status] = number
-        return {"queue": self.kind, **counts, "max_queued": self.settings.queue_max,
+            cancelled = self._db.execute("SELECT COUNT(*) FROM jobs WHERE status=? AND error_code=?",
+                                         (FAILED, CANCELLED_CODE)).fetchone()[0]
+        return {"queue": self.kind, **counts, "cancelled": cancelled, "max_queued": self.settings.queue_max,
                 "workers": 1 if self._thread and self._thread.is_alive() else 0,
                 "retention_s": self.settings.job_retention_s}
 
@@ -208,8 +213,8 @@ class EmbeddedQueue:
     def purge(self) -> int:
         """Forget finished jobs older than the retention time."""
         with self._tx():
-            return self._db.execute("DELETE FROM jobs WHERE status IN (?, ?, ?) AND finished<?",
-                                    (DONE, ERROR, CANCELLED, time.time() - self.settings.job_retention_s)).rowcount
+            return self._db.execute("DELETE FROM jobs WHERE status IN (?, ?) AND finished<?",
+                                    (FINISHED, FAILED, time.time() - self.settings.job_retention_s)).rowcount
 
     # ---- the worker thread -----------------------------------------------------------------------
 
@@ -248,13 +253,13 @@ class EmbeddedQueue:
             if self._stopping.is_set() and token.reason == _SHUTDOWN:
                 self._requeue(job_id)
             else:
-                self._settle(job_id, CANCELLED, error=exc)
+                self._settle(job_id, FAILED, error=exc)
         except KittyError as exc:
-            self._settle(job_id, ERROR, error=exc)
+            self._settle(job_id, FAILED, error=exc)
         except Exception as exc:  # a bug must fail one job, not stop the queue
-            self._settle(job_id, ERROR, error=KittyError(f"internal error: {type(exc).__name__}: {exc}"))
+            self._settle(job_id, FAILED, error=KittyError(f"internal error: {type(exc).__name__}: {exc}"))
         else:
-            self._settle(job_id, DONE, result=result, seconds=seconds, publish_failed=publish_failed)
+            self._settle(job_id, FINISHED, result=result, seconds=seconds, publish_failed=publish_failed)
 
     def close(self) -> None:
         self._stopping.set()

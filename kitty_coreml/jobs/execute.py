@@ -57,10 +57,13 @@ def result_view(result: dict[str, Any]) -> dict[str, Any]:
 def run_request(request: dict[str, Any], settings: Settings, engines: WarmEngines, *,
                 cancel: CancelToken, on_progress: ProgressCallback) -> tuple[dict[str, Any], float, bool]:
     """(result view, generation seconds, whether publishing failed). Raises the orchestrator's KittyError
-    on failure; images that could not be published stay in the outbox and the job still succeeds."""
+    on failure; images that could not be published stay in the outbox and the job still succeeds. The
+    body's warnings (fields ignored, a seed of -1) queued beside the request come first in the result's."""
     from ..orchestrator import generate, resolve
     from ..request import GenerationRequest
 
+    request = dict(request)
+    body_warnings = list(request.pop("warnings", None) or [])
     parsed = GenerationRequest.from_dict(request)
     _, _, engine_name, _, _ = resolve(parsed, settings, prefer_warm=True)
     engine = engines.get(engine_name)
@@ -75,4 +78,5 @@ def run_request(request: dict[str, Any], settings: Settings, engines: WarmEngine
     except EngineError:
         engines.discard(engine_name)  # a crashed warm worker is not reused
         raise
+    result["warnings"] = [*body_warnings, *result.get("warnings", [])]
     return result_view(result), time.monotonic() - started, publish_failed

@@ -1,5 +1,6 @@
-"""The HTTP service: KITTY's images-service paths under /api/images, /healthz, /metrics, the OpenAPI
-docs (/docs) and the gallery page (/vision). Every request goes through the job queue, and every job
+"""The HTTP service: KITTY's images-service paths under /api/images (answers field for field as KITTY's,
+docs/kitty.md), GET / (KITTY's service info to JSON clients, the gallery to browsers), /healthz,
+/metrics, the OpenAPI docs (/docs) and the gallery page (/vision). Every request goes through the job queue, and every job
 through orchestrator.generate(). FastAPI is imported at the top: only `kitty-coreml serve` imports
 this module (through kitty_coreml.service.create_app), never `generate`."""
 
@@ -70,7 +71,7 @@ def _validation_message(errors: list[dict[str, Any]]) -> KittyError:
 def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: str | None = None):
     """The FastAPI application. The queue is made here (create_queue) unless given; it is started when
     the app starts and closed when it stops."""
-    from ..jobs import FINAL_STATES, create_queue
+    from ..jobs import FAILED, FINAL_STATES, create_queue
     from ..orchestrator import resolve
     from ..storage import create_store
     from ..storage.local import check_key
@@ -117,15 +118,16 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
             raise NotFound(f"no job {job_id!r} (unknown, or finished longer ago than the retention time)")
         return job
 
-    @api.post("/generate", status_code=202, openapi_extra={"requestBody": {
+    @api.post("/generate", openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": GenerateBody.model_json_schema()}}}})
     async def submit(request: Request) -> dict[str, Any]:
-        """Queue a generation: {job_id, status: "queued", position}. 422 names a bad field; 429 when full."""
+        """Queue a generation: {job_id, status: "queued", position, seed, run_id, warnings}. 422 names a bad
+        field; 429 when full."""
         try:
             body = json.loads(await request.body() or b"null")
         except ValueError as exc:
             raise InvalidRequest("body", "not JSON", f"a JSON object ({exc})") from None
-        parsed = request_from_body(body)
+        parsed, warnings = request_from_body(body)
         try:
             resolved, *_ = await run_in_threadpool(resolve, parsed, settings, prefer_warm=True)
             parsed = replace(parsed, seed=resolved.seed, run_id=resolved.run_id)
@@ -133,14 +135,16 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
             if queue.kind != "redis":
                 raise
             # The workers may hold models this machine does not; they check again.
-        job = await run_in_threadpool(queue.submit, parsed.to_dict())
+        queued = parsed.to_dict() | ({"warnings": warnings} if warnings else {})
+        job = await run_in_threadpool(queue.submit, queued)
         return {"job_id": job["job_id"], "status": job["status"], "position": job.get("position"),
-                "seed": parsed.seed, "run_id": parsed.run_id}
+                "seed": parsed.seed, "run_id": parsed.run_id, "warnings": warnings}
 
     @api.get("/jobs/{job_id}")
     async def job_status(job_id: str) -> dict[str, Any]:
-        """{status: queued|started|done|error|cancelled, position, progress, result | error}."""
-        return job_or_404(await run_in_threadpool(queue.get, job_id), job_id)
+        """{status: queued|started|finished|failed, position, progress, result (finished: png_key, meta_key,
+        ...) | error, error_code and cancelled (failed)}."""
+        return {"result": None, "error": None, **job_or_404(await run_in_threadpool(queue.get, job_id), job_id)}
 
     @api.post("/jobs/{job_id}/cancel")
     async def cancel_job(job_id: str) -> dict[str, Any]:
@@ -150,8 +154,8 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
     @api.get("/jobs/{job_id}/events", response_class=StreamingResponse)
     async def job_events(job_id: str, request: Request):
         """Server-sent events: `status` whenever the state or queue position changes, `progress` for each
-        engine event (embedded queue; the Redis queue sends the workers' samples), then one final `done`,
-        `error` or `cancelled` event with the whole job."""
+        engine event (embedded queue; the Redis queue sends the workers' samples), then one final
+        `finished` or `failed` event with the whole job."""
         job_or_404(await run_in_threadpool(queue.get, job_id), job_id)
 
         async def stream():
@@ -159,7 +163,8 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
             while True:
                 job = await run_in_threadpool(queue.get, job_id)
                 if job is None:
-                    yield _sse("error", {"job_id": job_id, "status": "error", "error": "the job disappeared"})
+                    yield _sse(FAILED, {"job_id": job_id, "status": FAILED, "error": "the job disappeared",
+                                        "error_code": "not_found", "cancelled": False})
                     return
                 status = (job["status"], job.get("position"))
                 if status != last_status and job["status"] not in FINAL_STATES:
@@ -198,8 +203,7 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
             items = store.list(limit)
             with ThreadPoolExecutor(8) as pool:
                 sidecars = list(pool.map(lambda item: store.read_sidecar(item["key"]) or {}, items))
-            fields = ("prompt", "negative_prompt", "seed", "model", "created", "width", "height", "steps", "cfg")
-            return [{**item, **{name: sidecar.get(name) for name in fields}} for item, sidecar in zip(items, sidecars)]
+            return [{**item, **_sidecar_fields(sidecar)} for item, sidecar in zip(items, sidecars)]
 
         return {"items": await run_in_threadpool(collect)}
 
@@ -219,18 +223,21 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
     @api.post("/select", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}}}}}})
     async def select(request: Request) -> dict[str, Any]:
-        """{imageRef: {downloadUrl, storageUri}} for a key inside the prefix."""
+        """{imageRef: {downloadUrl, storageUri, key}} for a key inside the prefix."""
         try:
             body = json.loads(await request.body() or b"null")
         except ValueError as exc:
             raise InvalidRequest("body", "not JSON", f"a JSON object ({exc})") from None
         if not isinstance(body, dict) or "key" not in body:
             raise InvalidRequest("key", None, f"a PNG key inside the prefix {settings.prefix!r}")
-        return await run_in_threadpool(store.select, check_key(body["key"], settings.prefix))
+        key = check_key(body["key"], settings.prefix)
+        selected = await run_in_threadpool(store.select, key)
+        return {**selected, "imageRef": {**selected["imageRef"], "key": key}}
 
     @api.get("/stats")
     async def stats() -> dict[str, Any]:
-        """Queue figures: jobs by state, the queue bound, workers."""
+        """KITTY's integer queued, started, finished, failed; beside them cancelled (among failed), the queue
+        bound, workers."""
         return await run_in_threadpool(queue.stats)
 
     app.include_router(api)
@@ -250,13 +257,35 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
     async def vision():
         return FileResponse(STATIC_DIR / "vision.html", media_type="text/html")
 
-    @app.get("/", include_in_schema=False)
-    async def root():
-        return RedirectResponse("/vision")
+    @app.get("/", tags=["service"])
+    async def root(request: Request):
+        """KITTY's service info {service, status: "online", engine, queue_name} (what its start script
+        probes); a browser (Accept: text/html) is sent to the gallery."""
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/vision")
+        return {"service": "kitty-coreml images service", "status": "online", "engine": settings.engine,
+                "queue_name": settings.queue_name, "queue": queue.kind}
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(BodyLimit)
     return app
+
+
+_GALLERY_FIELDS = ("prompt", "negative_prompt", "seed", "model", "created", "width", "height", "steps", "cfg")
+
+
+def _sidecar_fields(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """What the gallery shows from a sidecar: ours carries the fields at its top; KITTY's own
+    ({engine, request: {prompt, width, height, steps, cfg, seed, model, refiner}, timestamp}) in `request`."""
+    request = sidecar.get("request") if isinstance(sidecar.get("request"), dict) else {}
+    fields = {name: sidecar.get(name, request.get(name)) for name in _GALLERY_FIELDS}
+    if fields["cfg"] is None:
+        fields["cfg"] = request.get("guidance")
+    if fields["created"] is None and isinstance(sidecar.get("timestamp"), int | float):
+        from datetime import datetime, timezone
+
+        fields["created"] = datetime.fromtimestamp(sidecar["timestamp"], timezone.utc).isoformat()
+    return fields
 
 
 def _sse(event: str, data: Any) -> str:

@@ -1,9 +1,11 @@
 """A small client of the images service, on the standard library only, so `kitty-coreml generate
---server URL` stays light: submit a request, follow its job over server-sent events, fetch its status."""
+--server URL` stays light: submit a request, follow its job over server-sent events, fetch its status.
+Against KITTY's own images-service, which has no event stream, it polls /jobs/{id} as kitty-cli does."""
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -11,7 +13,10 @@ from typing import Any
 
 from ..errors import Cancelled, InvalidRequest, KittyError, QueueFull, ServiceError
 
-__all__ = ["ServiceClient", "JobFailed", "RequestRefused"]
+__all__ = ["ServiceClient", "JobFailed", "RequestRefused", "POLL_S"]
+
+POLL_S = 1.0
+"""How often a job is asked for when the service has no event stream (kitty-cli asks every 2 s)."""
 
 
 class JobFailed(KittyError):
@@ -26,6 +31,10 @@ class RequestRefused(KittyError):
 
     code = "invalid_request"
     exit_code = 2
+
+
+class _NoEventStream(Exception):
+    """The service answered 404 for the event stream of a job it knows: KITTY's service has none."""
 
 
 class ServiceClient:
@@ -69,8 +78,16 @@ class ServiceClient:
         return self._json("POST", f"/api/images/jobs/{job_id}/cancel")
 
     def events(self, job_id: str) -> Iterator[tuple[str, Any]]:
-        """(event, data) pairs of the job's event stream, until its final event."""
-        with self._open("GET", f"/api/images/jobs/{job_id}/events", timeout=3600) as response:
+        """(event, data) pairs of the job's event stream, until its final event. _NoEventStream when the
+        service has no stream for a job it knows."""
+        try:
+            opened = self._open("GET", f"/api/images/jobs/{job_id}/events", timeout=3600)
+        except ServiceError as exc:
+            if (exc.details or {}).get("status") != 404:
+                raise
+            self.job(job_id)  # an unknown job is its own 404, said as such
+            raise _NoEventStream() from None
+        with opened as response:
             event, data = "message", []
             for raw in response:
                 line = raw.decode("utf-8").rstrip("\r\n")
@@ -85,29 +102,49 @@ class ServiceClient:
 
     def wait(self, job_id: str, on_progress: Callable[[dict[str, Any]], None] | None = None,
              on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Follow a job to its end: the result of a done job; JobFailed or Cancelled otherwise. Ctrl-C
-        cancels the job on the service before it is passed on."""
+        """Follow a job to its end: the result of a finished job; JobFailed or Cancelled otherwise. Ctrl-C
+        cancels the job on the service before it is passed on (where the service can cancel)."""
         try:
-            for event, data in self.events(job_id):
-                if event == "progress" and on_progress:
-                    on_progress(data)
-                elif event == "status" and on_status:
-                    on_status(data)
-                elif event in ("done", "error", "cancelled"):
-                    return _outcome(data)
+            try:
+                for event, data in self.events(job_id):
+                    if event == "progress" and on_progress:
+                        on_progress(data)
+                    elif event == "status" and on_status:
+                        on_status(data)
+                    elif event in ("finished", "failed"):
+                        return _outcome(data)
+            except _NoEventStream:
+                return self._poll(job_id, on_status)
         except KeyboardInterrupt:
-            self.cancel(job_id)
+            self._cancel_quietly(job_id)
             raise
         return _outcome(self.job(job_id))  # the stream ended early (a proxy cut it): ask once more
 
+    def _poll(self, job_id: str, on_status: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+        last = None
+        while True:
+            job = self.job(job_id)
+            if job.get("status") in ("finished", "failed"):
+                return _outcome({"job_id": job_id, **job})
+            if job.get("status") != last and on_status:
+                on_status({"job_id": job_id, **job})
+            last = job.get("status")
+            time.sleep(POLL_S)
+
+    def _cancel_quietly(self, job_id: str) -> None:
+        try:
+            self.cancel(job_id)
+        except ServiceError:
+            pass  # KITTY's service has no cancel: the job runs on there
+
 
 def _outcome(job: dict[str, Any]) -> dict[str, Any]:
-    if job["status"] == "done":
-        return job["result"]
-    if job["status"] == "cancelled":
+    if job["status"] == "finished":
+        return job.get("result") or {}
+    if job["status"] == "failed" and job.get("cancelled"):
         raise Cancelled(f"job {job['job_id']} was cancelled: {job.get('error') or 'cancelled'}")
-    if job["status"] == "error":
-        raise JobFailed(f"job {job['job_id']} failed: {job.get('error')}")
+    if job["status"] == "failed":
+        raise JobFailed(f"job {job['job_id']} failed: {job.get('error') or 'no error given'}")
     raise ServiceError(f"job {job['job_id']} is still {job['status']} but its event stream ended")
 
 
@@ -126,4 +163,5 @@ def _http_error(exc: urllib.error.HTTPError, base_url: str) -> KittyError:
     if exc.code in (401, 403):
         return ServiceError(f"the images service at {base_url} refused the API key ({exc.code}: {message})",
                             hint="set KITTY_COREML_API_KEY to the service's key")
-    return ServiceError(f"the images service at {base_url} answered {exc.code}: {message}")
+    return ServiceError(f"the images service at {base_url} answered {exc.code}: {message}",
+                        details={"status": exc.code})

@@ -38,6 +38,18 @@ def submit_remote(server: str, request: GenerationRequest, settings: Settings, *
                                                   + (f" on {data['worker']}" if data.get("worker") else "")))
 
     try:
-        return client.wait(job["job_id"], on_progress=on_progress, on_status=on_status)
+        result = client.wait(job["job_id"], on_progress=on_progress, on_status=on_status)
     finally:
         printer.close()
+    return result if "images" in result else _from_kitty_result(result, request, job["job_id"])
+
+
+def _from_kitty_result(result: dict[str, Any], request: GenerationRequest, job_id: str) -> dict[str, Any]:
+    """KITTY's own service answers only {png_key, meta_key}: the rest of a result is what was asked."""
+    width, height = request.width or 1024, request.height or 1024  # KITTY's defaults
+    key = result.get("png_key") or ""
+    return {**result, "seed": request.seed if request.seed is not None else "chosen by the service",
+            "runId": request.run_id or job_id, "model": request.model, "engine": "the service's",
+            "images": [{"index": 0, "key": key, "storageUri": key, "path": None, "width": width,
+                        "height": height, "published": True}],
+            "warnings": ["the service answered only KITTY's png_key and meta_key: seed and size are those asked for"]}

@@ -94,6 +94,10 @@ def test_installer_sets_up_a_prefix_offline_and_a_second_run_redoes_nothing(tmp_
     answer = json.loads(generated.stdout)
     assert answer["model"] == "smoke" and Path(answer["images"][0]["path"]).is_file()
     assert str(prefix) in answer["images"][0]["path"]
+    # `serve` and `worker`, which the README names, have what they import (the service extra)
+    imports = subprocess.run([str(prefix / "venv" / "bin" / "python"), "-c", "import fastapi, uvicorn, rq, redis"],
+                             capture_output=True, text=True, timeout=60)
+    assert imports.returncode == 0, imports.stderr
 
     second = subprocess.run([str(INSTALLER), "--prefix", str(prefix), "--json"], env=env, capture_output=True,
                             text=True, timeout=600)

@@ -45,7 +45,7 @@ def test_interrupted_job_runs_again_once_then_fails(home):
     third = EmbeddedQueue(settings(home))
     assert third.recovered == {"requeued": 0, "failed": 1}
     failed = third.get(job_id)
-    assert failed["status"] == "error" and failed["error_code"] == "interrupted" and failed["attempts"] == 2
+    assert failed["status"] == "failed" and failed["error_code"] == "interrupted" and failed["attempts"] == 2
     for queue in (first, second, third):
         queue.close()
 
@@ -58,7 +58,7 @@ def test_finished_jobs_are_forgotten_after_the_retention_time(home):
     with sqlite3.connect(queue.db_path) as db:
         db.execute("UPDATE jobs SET finished=? WHERE id=?", (time.time() - 61, old))
     assert queue.purge() == 1
-    assert queue.get(old) is None and queue.get(fresh)["status"] == "cancelled"
+    assert queue.get(old) is None and queue.get(fresh)["status"] == "failed" and queue.get(fresh)["cancelled"] is True
     queue.close()
 
 
@@ -66,10 +66,27 @@ def test_worker_thread_runs_jobs_in_order_and_counts(home):
     queue = EmbeddedQueue(settings(home))
     ids = [queue.submit(request(f"p{i}"))["job_id"] for i in range(3)]
     queue.start()
-    wait_until(lambda: all(queue.get(i)["status"] == "done" for i in ids), 30, "three jobs done")
+    wait_until(lambda: all(queue.get(i)["status"] == "finished" for i in ids), 30, "three jobs finished")
     started = [queue.get(i)["started_at"] for i in ids]
     assert started == sorted(started)
     counters = queue.counters()
-    assert counters["jobs_done_total"] == 3 and counters["generation_seconds_count"] == 3
-    assert queue.stats()["done"] == 3
+    assert counters["jobs_finished_total"] == 3 and counters["generation_seconds_count"] == 3
+    assert queue.stats()["finished"] == 3
     queue.close()
+
+
+def test_a_queue_written_with_the_old_state_words_reads_in_kittys(home):
+    queue = EmbeddedQueue(settings(home))
+    ids = [queue.submit(request(f"p{i}"))["job_id"] for i in range(3)]
+    queue.close()
+    with sqlite3.connect(home / "jobs.sqlite3") as db:
+        for job_id, old, code in zip(ids, ("done", "error", "cancelled"), (None, "engine_failed", "cancelled")):
+            db.execute("UPDATE jobs SET status=?, error=?, error_code=?, finished=? WHERE id=?",
+                       (old, None if old == "done" else "went wrong", code, time.time(), job_id))
+    reopened = EmbeddedQueue(settings(home))
+    views = [reopened.get(job_id) for job_id in ids]
+    assert [view["status"] for view in views] == ["finished", "failed", "failed"]
+    assert [view.get("cancelled") for view in views] == [None, False, True]
+    assert {k: reopened.stats()[k] for k in ("finished", "failed", "cancelled")} == {"finished": 1, "failed": 2,
+                                                                                   "cancelled": 1}
+    reopened.close()

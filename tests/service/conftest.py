@@ -66,7 +66,7 @@ class Service:
             self.process.wait(timeout=30)
 
 
-def wait_job(client: httpx.Client, job_id: str, states=("done", "error", "cancelled"), timeout: float = 60) -> dict:
+def wait_job(client: httpx.Client, job_id: str, states=("finished", "failed"), timeout: float = 60) -> dict:
     seen: dict = {}
 
     def settled() -> bool:

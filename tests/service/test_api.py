@@ -30,7 +30,7 @@ def client(service):
 
 def generate(client: httpx.Client, **body) -> dict:
     answer = client.post("/api/images/generate", json={"prompt": "a red cube", "width": 96, "height": 64, **body})
-    assert answer.status_code == 202, answer.text
+    assert answer.status_code == 200, answer.text
     return answer.json()
 
 
@@ -38,7 +38,7 @@ def test_generate_queues_then_finishes_with_kitty_shapes(client):
     queued = generate(client, cfg=6.5, seed=42, steps=12, model=None, refiner=False, negative_prompt="blur")
     assert queued["status"] == "queued" and re.fullmatch(r"[0-9a-f]{32}", queued["job_id"])
     job = wait_job(client, queued["job_id"])
-    assert job["status"] == "done", job
+    assert job["status"] == "finished", job
     result = job["result"]
     assert re.fullmatch(r"images/\d{8}_\d{6}_[0-9a-f]{8}\.png", result["png_key"])
     assert result["meta_key"] == result["png_key"][:-4] + ".json"
@@ -61,15 +61,25 @@ def test_latest_is_newest_first_and_limited(client):
     assert listed == sorted(listed, reverse=True)  # keys start with their UTC second: newest first
 
 
+def test_a_server_path_as_input_image_is_ignored_and_named(client):
+    queued = generate(client, input_image="/etc/passwd")
+    assert queued["warnings"] == [w for w in queued["warnings"] if w.startswith("field 'input_image' ignored")] != []
+    result = wait_job(client, queued["job_id"])["result"]
+    assert result["request"]["input_image"] is None and result["warnings"][0].startswith("field 'input_image' ignored")
+
+
 @pytest.mark.parametrize("body, field", [
     ({"prompt": "x", "steps": 0}, "steps"),
     ({"prompt": "x", "cfg": 31}, "guidance"),
     ({"prompt": "  "}, "prompt"),
     ({"steps": 5}, "prompt"),
-    ({"prompt": "x", "seed": -1}, "seed"),
+    ({"prompt": "x", "seed": -2}, "seed"),
+    ({"prompt": "x", "seed": "abc"}, "seed"),
+    ({"prompt": "x", "width": 100}, "width"),
+    ({"prompt": "x", "height": 4096}, "height"),
+    ({"prompt": "x", "size": "huge"}, "size"),
     ({"prompt": "x", "scheduler": "euler"}, "scheduler"),
     ({"prompt": "x", "refiner": True}, "refiner"),
-    ({"prompt": "x", "input_image": "/etc/passwd"}, "input_image"),
     ({"prompt": "x", "cfg": 5, "guidance": 6}, "cfg"),
     (["not", "an", "object"], "body"),
 ])
@@ -114,7 +124,7 @@ def test_unknown_job_is_404(client):
 def test_stats_metrics_health_and_docs(client):
     wait_job(client, generate(client)["job_id"])
     stats = client.get("/api/images/stats").json()
-    assert stats["queue"] == "embedded" and stats["done"] >= 1 and stats["max_queued"] == 100
+    assert stats["queue"] == "embedded" and stats["finished"] >= 1 and stats["max_queued"] == 100
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     samples = {}
@@ -122,8 +132,8 @@ def test_stats_metrics_health_and_docs(client):
         if not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
-    assert samples['kitty_coreml_jobs{state="done"}'] == stats["done"]
-    assert samples["kitty_coreml_generation_seconds_count"] == samples['kitty_coreml_jobs_finished_total{outcome="done"}'] >= 1
+    assert samples['kitty_coreml_jobs{state="finished"}'] == stats["finished"]
+    assert samples["kitty_coreml_generation_seconds_count"] == samples['kitty_coreml_jobs_finished_total{outcome="finished"}'] >= 1
     assert samples["kitty_coreml_generation_seconds_sum"] > 0
     assert samples["kitty_coreml_publish_failures_total"] == 0
     assert "# TYPE kitty_coreml_jobs gauge" in metrics.text

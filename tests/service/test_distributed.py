@@ -5,8 +5,6 @@ from __future__ import annotations
 import redis
 from rq import Queue
 
-from kitty_coreml.jobs.distributed import QUEUE_NAME
-
 from .conftest import start_worker, stop_process, wait_job
 
 
@@ -17,22 +15,22 @@ def test_jobs_go_through_redis_to_a_worker(env, mock_env, service_factory, redis
     with service.client() as client:
         queued = [client.post("/api/images/generate", json={"prompt": f"remote {i}", "width": 64, "height": 64})
                   for i in range(3)]
-        assert [a.status_code for a in queued] == [202] * 3
+        assert [a.status_code for a in queued] == [200] * 3
         ids = [a.json()["job_id"] for a in queued]
         assert [client.get(f"/api/images/jobs/{i}").json()["position"] for i in ids] == [1, 2, 3]
         cancelled = client.post(f"/api/images/jobs/{ids[2]}/cancel").json()
-        assert cancelled["status"] == "cancelled"
+        assert cancelled["status"] == "failed" and cancelled["cancelled"] is True
         worker = start_worker(worker_env, redis_url)
         try:
             for job_id in ids[:2]:
                 job = wait_job(client, job_id)
-                assert job["status"] == "done" and job["result"]["png_key"].endswith(".png"), job
+                assert job["status"] == "finished" and job["result"]["png_key"].endswith(".png"), job
                 assert job["worker"]
                 assert (worker_home / "store" / job["result"]["png_key"]).is_file()  # made by the worker
             stats = client.get("/api/images/stats").json()
-            assert stats["queue"] == "redis" and stats["done"] == 2 and stats["workers"] == 1
-            assert stats["cancelled"] == 1
-            assert 'kitty_coreml_jobs_finished_total{outcome="done"} 2' in client.get("/metrics").text
+            assert stats["queue"] == "redis" and stats["finished"] == 2 and stats["workers"] == 1
+            assert stats["cancelled"] == 1 and stats["failed"] == 1
+            assert 'kitty_coreml_jobs_finished_total{outcome="finished"} 2' in client.get("/metrics").text
         finally:
             stop_process(worker)
 
@@ -41,14 +39,14 @@ def test_redis_queue_bound_and_worker_errors(mock_env, service_factory, redis_ur
     service = service_factory({**mock_env, "KITTY_COREML_QUEUE_MAX": "2"}, "--queue", redis_url)
     with service.client() as client:
         answers = [client.post("/api/images/generate", json={"prompt": f"p{i}"}) for i in range(3)]
-        assert [a.status_code for a in answers] == [202, 202, 429]
+        assert [a.status_code for a in answers] == [200, 200, 429]
         assert answers[2].headers["retry-after"] and answers[2].json()["error"]["code"] == "queue_full"
-        assert Queue(QUEUE_NAME, connection=redis.Redis.from_url(redis_url)).count == 2
+        assert Queue("images", connection=redis.Redis.from_url(redis_url)).count == 2
         # a worker whose engine fails reports the engine's one-line reason through the job
         worker = start_worker({**env, "KITTY_COREML_ENGINE": "sample", "FAKE_SD_FAIL": "boom"}, redis_url, "--burst")
         assert worker.wait(timeout=60) == 0
         for answer in answers[:2]:
             job = client.get(f"/api/images/jobs/{answer.json()['job_id']}").json()
-            assert job["status"] == "error" and "boom" in job["error"] and job["error_code"] == "engine_failed", job
+            assert job["status"] == "failed" and job["cancelled"] is False and "boom" in job["error"] and job["error_code"] == "engine_failed", job
         stats = client.get("/api/images/stats").json()
-        assert stats["error"] == 2 and stats["queued"] == 0, stats
+        assert stats["failed"] == 2 and stats["queued"] == 0, stats

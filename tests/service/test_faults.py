@@ -36,12 +36,12 @@ def test_engine_crash_fails_one_job_and_the_next_succeeds(env, service_factory, 
         first = client.post("/api/images/generate", json={"prompt": "crashes", "steps": 4}).json()["job_id"]
         second = client.post("/api/images/generate", json={"prompt": "works", "steps": 4}).json()["job_id"]
         failed = wait_job(client, first)
-        assert failed["status"] == "error" and failed["error_code"] == "engine_failed"
+        assert failed["status"] == "failed" and failed["error_code"] == "engine_failed"
         assert "signal" in failed["error"].lower() or "SIGSEGV" in failed["error"]
-        assert wait_job(client, second)["status"] == "done"
+        assert wait_job(client, second)["status"] == "finished"
         metrics = client.get("/metrics").text
-        assert 'kitty_coreml_jobs_finished_total{outcome="error"} 1' in metrics
-        assert 'kitty_coreml_jobs_finished_total{outcome="done"} 1' in metrics
+        assert 'kitty_coreml_jobs_finished_total{outcome="failed"} 1' in metrics
+        assert 'kitty_coreml_jobs_finished_total{outcome="finished"} 1' in metrics
 
 
 def test_kill_9_with_jobs_queued_then_restart_finishes_every_job(env, service_factory):
@@ -57,12 +57,12 @@ def test_kill_9_with_jobs_queued_then_restart_finishes_every_job(env, service_fa
     assert any("1 requeued" in line for line in restarted.log), restarted.log
     with restarted.client() as client:
         finished = {job_id: wait_job(client, job_id) for job_id in jobs}
-        assert {job["status"] for job in finished.values()} == {"done"}, finished
+        assert {job["status"] for job in finished.values()} == {"finished"}, finished
         assert finished[jobs[0]]["attempts"] == 2  # the interrupted one ran again
         keys = {job["result"]["png_key"] for job in finished.values()}
         listed = {item["key"] for item in client.get("/api/images/latest", params={"limit": 100}).json()["items"]}
         assert keys <= listed and len(keys) == 5
-        wait_until(lambda: client.get("/api/images/stats").json()["done"] == 5, 10, "stats to count 5 done")
+        wait_until(lambda: client.get("/api/images/stats").json()["finished"] == 5, 10, "stats to count 5 finished")
 
 
 def test_sigterm_puts_the_running_job_back_and_a_restart_runs_it(env, service_factory, tmp_path):
@@ -79,4 +79,4 @@ def test_sigterm_puts_the_running_job_back_and_a_restart_runs_it(env, service_fa
     restarted = service_factory(env)
     with restarted.client() as client:
         job = wait_job(client, job_id)
-        assert job["status"] == "done" and job["attempts"] == 1  # a clean stop does not use up the retry
+        assert job["status"] == "finished" and job["attempts"] == 1  # a clean stop does not use up the retry

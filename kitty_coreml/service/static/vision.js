@@ -95,7 +95,7 @@ async function load() {
 async function refresh() {
   try {
     const stats = await (await api("/api/images/stats")).json();
-    const finished = (stats.done || 0) + (stats.error || 0);
+    const finished = (stats.finished || 0) + (stats.failed || 0);
     if (finished !== finishedCount) {
       finishedCount = finished;
       const shown = await load();
