@@ -241,8 +241,14 @@ def _readme_session_errors() -> list[tuple[list[str], str]]:
 
 
 @pytest.mark.parametrize(("args", "line"), _readme_session_errors(), ids=lambda value: str(value)[:40])
-def test_the_readme_session_errors_are_what_the_cli_says(kitty, args, line):
-    run = kitty(*args)
+def test_the_readme_session_errors_are_what_the_cli_says(kitty, home, tmp_path_factory, args, line):
+    from kitty_coreml.models import Registry, model_from_folder
+    from tests.conformance.harness import smoke_model_path
+
+    # the session's machine: the smoke model installed and nothing else
+    Registry(home / "models.json").register(model_from_folder(smoke_model_path(tmp_path_factory.getbasetemp()),
+                                                              "smoke"))
+    run = kitty(*args, extra_env={"KITTY_COREML_RESOURCE_PATH": "", "KITTY_COREML_SAMPLE_BIN": ""})
     assert run.returncode != 0 and run.stderr == line + "\n"
 
 
