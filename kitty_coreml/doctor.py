@@ -95,6 +95,15 @@ def _studio(settings: Settings, coreml_wanted: bool) -> dict[str, Any]:
     return {**found, "checks": checks}
 
 
+def _portable_fix(usable: list[dict[str, Any]]) -> str:
+    """Where Core ML cannot run: generate with an installed diffusers model, or make the smoke model first."""
+    installed = next((model["name"] for model in usable if model["format"] == "diffusers"), None)
+    if installed:
+        return f"generate here with the portable engine: kitty-coreml generate \"...\" --engine diffusers --model {installed}"
+    return ("generate here with the portable engine: kitty-coreml models smoke; "
+            "kitty-coreml generate \"...\" --engine diffusers --model smoke")
+
+
 def diagnose(settings: Settings) -> dict[str, Any]:
     from .engines.sample import find_sample_binary
     from .storage.outbox import pending
@@ -102,9 +111,9 @@ def diagnose(settings: Settings) -> dict[str, Any]:
     checks = [_check("python", sys.version_info >= (3, 11), f"{platform.python_version()} at {sys.executable}",
                      "install Python 3.11 or later")]
     reason = coreml_unavailable_reason()
+    model_checks, usable = _models(settings)
     checks.append(_check("core ml", reason is None, reason or f"macOS {platform.mac_ver()[0]} on arm64",
-                         "generate here with the portable engine: kitty-coreml models smoke; "
-                         "kitty-coreml generate \"...\" --engine diffusers --model smoke"))
+                         _portable_fix(usable)))
     coreml_wanted = reason is None or settings.sample_bin is not None
     if reason is None:
         checks.append(_swift_check())
@@ -126,7 +135,6 @@ def diagnose(settings: Settings) -> dict[str, Any]:
     checks.append(_check("diffusers engine", diffusers,
                          "torch, diffusers and transformers importable" if diffusers else "the [diffusers] extra is not installed",
                          "pip install 'kitty-coreml[diffusers]' (install torch first)"))
-    model_checks, usable = _models(settings)
     checks += model_checks
     if settings.store == "s3":
         configured = bool(settings.s3_access_key and settings.s3_secret_key)

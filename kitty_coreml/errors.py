@@ -27,6 +27,9 @@ __all__ = [
 class KittyError(Exception):
     code = "error"
     exit_code = 1
+    answer: dict | None = None
+    """What a --json command had to say before it failed (an install report, a result whose images
+    wait in the outbox); the CLI prints the error inside it."""
 
     def __init__(self, message: str, *, hint: str | None = None, details: dict | None = None):
         super().__init__(message)
@@ -59,7 +62,14 @@ class InvalidRequest(KittyError):
         super().__init__(f"{field}: got {shown}; allowed: {allowed}", hint=hint,
                          details={"field": field, "allowed": allowed})
         self.field = field
+        self.value = value
         self.allowed = allowed
+
+    def for_field(self, name: str) -> InvalidRequest:
+        """The same refusal under the name the user typed (a CLI flag instead of a request field)."""
+        renamed = InvalidRequest(name, self.value, self.allowed, hint=self.hint)
+        renamed.answer = self.answer
+        return renamed
 
 
 class ConfigError(KittyError):

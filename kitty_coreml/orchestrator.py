@@ -357,7 +357,7 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
                                                          job.model.width, job.model.height))
             output = engine.generate(job, emit, cancel)
         images, image_warnings = _check_images(output, resolved.count, job.model.width, job.model.height)
-        warnings += image_warnings
+        warnings += output.warnings + image_warnings
         width, height = target_size(resolved, job.model)
         if (width, height) != (job.model.width, job.model.height):
             images = [(index, fit_png(data, width, height)) for index, data in images]

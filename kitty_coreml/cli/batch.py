@@ -10,7 +10,8 @@ import typer
 
 from .app import app
 from .generate import (COMPUTE_UNITS, COUNT, ENGINE, GUIDANCE, IMAGE, JSON, MODEL, NEGATIVE, REDUCE_MEMORY, SAFETY,
-                       SCHEDULER, SEED, STEPS, STRENGTH, TIMEOUT, build_request, terminate_as_cancel)
+                       SCHEDULER, SEED, STEPS, STRENGTH, TIMEOUT, ComputeUnits, EngineName, Scheduler, build_request,
+                       terminate_as_cancel)
 
 
 def read_prompts(source: str) -> list[str]:
@@ -40,24 +41,28 @@ def batch(
     count: int = COUNT,
     steps: int = STEPS,
     guidance: float = GUIDANCE,
-    scheduler: str = SCHEDULER,
-    compute_units: Optional[str] = COMPUTE_UNITS,
+    scheduler: Scheduler = SCHEDULER,
+    compute_units: Optional[ComputeUnits] = COMPUTE_UNITS,
     seed: Optional[int] = SEED,
     image: Optional[Path] = IMAGE,
     strength: Optional[float] = STRENGTH,
     safety: bool = SAFETY,
     reduce_memory: bool = REDUCE_MEMORY,
     timeout: Optional[float] = TIMEOUT,
-    engine: Optional[str] = ENGINE,
+    engine: Optional[EngineName] = ENGINE,
     model: Optional[str] = MODEL,
     as_json: bool = JSON,
 ) -> None:
-    """Generate for every prompt of a file through one warm engine (the model loads once).
+    """Generate for every prompt of a file through one warm engine.
+
+    The model loads once.
 
     Each prompt gets its own run id and seed (unless --seed is given: then all share it). A failed
     prompt is reported and the batch goes on; the exit status is non-zero if any failed.
 
-    Example: kitty-coreml batch prompts.txt --engine diffusers --model smoke --json
+    \b
+    Example:
+      kitty-coreml batch prompts.txt --engine diffusers --model smoke --json
     """
     from ..engines import create_engine
     from ..errors import KittyError, PublishPending
@@ -72,11 +77,12 @@ def batch(
     settings = load_settings()
     prompts = read_prompts(prompts_file)
     # validate the shared flags and pick the engine once, before anything starts
-    _, _, engine_name, _, _ = resolve(build_request(prompts[0], **options), settings, prefer_warm=True)
+    first = build_request(prompts[0], **options)
+    _, _, engine_name, _, _ = resolve(first, settings, prefer_warm=True)
     terminate_as_cancel()
     warm = create_engine(engine_name, settings)
     items: list[dict[str, Any]] = []
-    progress = ProgressPrinter(settings.progress)
+    progress = ProgressPrinter(settings.progress, steps=first.steps, scheduler=first.scheduler)
     try:
         for prompt in prompts:
             try:

@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import signal
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+from ..request import COMPUTE_UNITS as COMPUTE_UNIT_NAMES
+from ..request import SCHEDULERS
+from ..settings import ENGINE_NAMES
 from .app import app
+
+# Closed sets as Enums, so help and shell completion list their values and click refuses others.
+Scheduler = Enum("Scheduler", {name: name for name in SCHEDULERS}, type=str)
+ComputeUnits = Enum("ComputeUnits", {name: name for name in COMPUTE_UNIT_NAMES}, type=str)
+EngineName = Enum("EngineName", {name: name for name in ENGINE_NAMES}, type=str)
 
 # Shared by `generate` and `batch`: the same flags mean the same thing everywhere.
 NEGATIVE = typer.Option("", "--negative", help="Negative prompt: what to steer away from.")
 COUNT = typer.Option(1, "--count", "-n", help="Images to make, 1..8.")
 STEPS = typer.Option(20, "--steps", help="Diffusion steps, 1..150.")
 GUIDANCE = typer.Option(7.5, "--guidance", help="Guidance scale, 0..30.")
-SCHEDULER = typer.Option("pndm", "--scheduler", help="pndm or dpmpp.")
+SCHEDULER = typer.Option("pndm", "--scheduler", help="Sampler: pndm (PLMS) or dpmpp (DPM++ 2M).")
 COMPUTE_UNITS = typer.Option(None, "--compute-units",
-                             help="all, cpuOnly, cpuAndGPU or cpuAndNeuralEngine; default from the model's attention.")
+                             help="Where Core ML runs the model; default: from the model's attention.")
 SEED = typer.Option(None, "--seed", help="0..4294967295; default: derived from the prompt and run id.")
 RUN_ID = typer.Option(None, "--run-id", help="Run id; with the prompt it gives the seed (Studio rule).")
 IMAGE = typer.Option(None, "--image", help="Start from this image (img2img); needs a model with a VAEEncoder.")
@@ -26,9 +35,13 @@ STRENGTH = typer.Option(None, "--strength", help="How far to move from --image, 
 SAFETY = typer.Option(True, "--safety/--no-safety", help="Run the model's safety checker, if it has one.")
 REDUCE_MEMORY = typer.Option(False, "--reduce-memory", help="Load models on demand to lower peak memory.")
 TIMEOUT = typer.Option(None, "--timeout", help="Seconds before the engine is killed (default 900).")
-ENGINE = typer.Option(None, "--engine", help="auto, sample, coreml-worker, diffusers or mock.")
+ENGINE = typer.Option(None, "--engine", help="Which engine generates; default: auto (KITTY_COREML_ENGINE).")
 MODEL = typer.Option(None, "--model", help="Installed model name or a model folder.")
 JSON = typer.Option(False, "--json", help="Print one JSON object instead of text.")
+
+
+def _name(choice: Enum | str | None) -> str | None:
+    return choice.value if isinstance(choice, Enum) else choice
 
 
 def build_request(prompt: str, **options: Any):
@@ -37,10 +50,11 @@ def build_request(prompt: str, **options: Any):
 
     return GenerationRequest(
         prompt=prompt, negative_prompt=options["negative"], count=options["count"], steps=options["steps"],
-        guidance=options["guidance"], scheduler=options["scheduler"], compute_units=options["compute_units"],
-        seed=options["seed"], run_id=options["run_id"], input_image=options["image"],
-        strength=options["strength"], safety=options["safety"], reduce_memory=options["reduce_memory"],
-        timeout_s=options["timeout"], engine=options["engine"], model=options["model"],
+        guidance=options["guidance"], scheduler=_name(options["scheduler"]),
+        compute_units=_name(options["compute_units"]), seed=options["seed"], run_id=options["run_id"],
+        input_image=options["image"], strength=options["strength"], safety=options["safety"],
+        reduce_memory=options["reduce_memory"], timeout_s=options["timeout"], engine=_name(options["engine"]),
+        model=options["model"],
     )
 
 
@@ -76,8 +90,8 @@ def generate(
     count: int = COUNT,
     steps: int = STEPS,
     guidance: float = GUIDANCE,
-    scheduler: str = SCHEDULER,
-    compute_units: Optional[str] = COMPUTE_UNITS,
+    scheduler: Scheduler = SCHEDULER,
+    compute_units: Optional[ComputeUnits] = COMPUTE_UNITS,
     seed: Optional[int] = SEED,
     run_id: Optional[str] = RUN_ID,
     image: Optional[Path] = IMAGE,
@@ -85,7 +99,7 @@ def generate(
     safety: bool = SAFETY,
     reduce_memory: bool = REDUCE_MEMORY,
     timeout: Optional[float] = TIMEOUT,
-    engine: Optional[str] = ENGINE,
+    engine: Optional[EngineName] = ENGINE,
     model: Optional[str] = MODEL,
     as_json: bool = JSON,
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the resolved request and engine "
@@ -97,11 +111,15 @@ def generate(
     cold: bool = typer.Option(False, "--cold", help="Generate in this process even when a `kitty-coreml serve` "
                                                     "of this home is running (by default its warm engine serves)."),
 ) -> None:
-    """Generate images from a prompt and store them (local folder, or S3 when S3_BUCKET is set).
+    """Generate images from a prompt and store them.
 
-    Example: kitty-coreml generate "studio photo of a matte black water bottle" --count 2 --steps 20
+    They go to the local folder, or to S3 when S3_BUCKET is set.
+
+    \b
+    Example:
+      kitty-coreml generate "studio photo of a matte black water bottle" --count 2 --steps 20
     """
-    from ..errors import KittyError, PublishPending
+    from ..errors import PublishPending
     from .common import load_settings, print_json
 
     options = dict(negative=negative, count=count, steps=steps, guidance=guidance, scheduler=scheduler,
@@ -130,7 +148,7 @@ def generate(
         from ..service.local import generate_warm
 
         terminate_as_cancel()
-        progress = ProgressPrinter(settings.progress)
+        progress = ProgressPrinter(settings.progress, steps=request.steps, scheduler=request.scheduler)
         try:
             served = None if cold else generate_warm(request, settings, on_progress=progress)
             result = served[0] if served else run(request, settings, on_progress=progress).to_dict()
@@ -141,12 +159,9 @@ def generate(
             typer.echo(f"served warm by kitty-coreml serve at {served[1]} (engine {result['engine']})" if served
                        else f"served cold by the {result['engine']} engine", err=True)
     except PublishPending as exc:
-        result = exc.details["result"]
-        print_json(result) if as_json else print_result(result)
-        raise
-    except KittyError as exc:
-        if as_json:
-            print_json({"error": exc.to_dict()})
+        if not as_json:
+            print_result(exc.details["result"])
+        exc.answer = exc.details["result"]
         raise
     print_json(result) if as_json else print_result(result)
     sys.stdout.flush()

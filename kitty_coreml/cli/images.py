@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from .app import app
+from .app import app, group
 
-images_app = typer.Typer(help="List stored images and select one.", no_args_is_help=True)
+images_app = group("List stored images and select one.")
 app.add_typer(images_app, name="images")
 
 

@@ -10,8 +10,8 @@ from .app import app
 @app.command("install")
 def install(
     model: list[str] = typer.Option(None, "--model", "-m", metavar="NAME",
-                                    help="Model to install (repeatable): a catalog name (see `kitty-coreml models "
-                                         "list`) or smoke. Default: sd21-palettized on a Mac, smoke elsewhere."),
+                                    help="Model to install (repeatable): a catalog name (see `models list`) or "
+                                         "smoke. Default: sd21-palettized on a Mac, smoke elsewhere."),
     verify: bool = typer.Option(False, "--verify", help="Check everything, change nothing; exit non-zero "
                                                         "naming what is wrong."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (repos, revisions, files, sizes, "
@@ -21,7 +21,7 @@ def install(
                                                         "the installed model with Apple's converter and write the "
                                                         "Studio manifest (see `kitty-coreml convert --help`)."),
 ) -> None:
-    """Set up the pinned binary, the warm worker, models and command links.
+    """Set up the binary, the warm worker, models and links.
 
     Clones and builds Apple's StableDiffusionSample at the pinned commit, builds the warm worker, downloads
     pinned models (resumable, sha256-checked), registers them and links the commands. Every step is skipped
@@ -50,21 +50,34 @@ def install(
     elif verify:
         report = runner.verify_install(plan)
     else:
-        reporter = Reporter(settings.progress)
-        report = runner.run_install(plan, reporter)
-    if as_json:
-        print_json(report)
-    else:
-        typer.echo(format_report(report))
+        report = runner.run_install(plan, Reporter(settings.progress))
     if not report["ok"]:
         problems = report["problems"]
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise InstallError(f"the installation is broken: {'; '.join(problems[:3])}{more}",
-                           hint="run `kitty-coreml install` to repair it")
+        broken = InstallError(f"the installation is broken: {'; '.join(problems[:3])}{more}",
+                              hint="run `kitty-coreml install` to repair it")
+        broken.answer = report
+        if not as_json:
+            typer.echo(format_report(report))
+        raise broken
+    if as_json:
+        print_json(report)
+    elif report["action"] == "install":  # each step was shown on stderr as it ran: only the outcome here
+        typer.echo(summary(report))
+    else:
+        typer.echo(format_report(report))
 
 
 _MARKS = {"done": "+", "skipped": "=", "not_applicable": "-", "ok": "ok", "broken": "!!", "would_run": ">",
           "would_skip": "="}
+
+
+def summary(report: dict) -> str:
+    """One line for a finished install: how many steps ran, were already done, do not apply here."""
+    counts = {status: sum(1 for step in report["steps"] if step["status"] == status)
+              for status in ("done", "skipped", "not_applicable")}
+    return (f"kitty-coreml is installed (models {', '.join(report['models'])}): {counts['done']} step(s) done, "
+            f"{counts['skipped']} already done, {counts['not_applicable']} not applicable here")
 
 
 def format_report(report: dict) -> str:

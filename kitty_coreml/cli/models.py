@@ -7,7 +7,7 @@ import typer
 
 from .app import app
 
-models_app = typer.Typer(help="List models; add or remove a folder by name; create the tiny smoke model.",
+models_app = typer.Typer(help="List, add and remove models; create the tiny smoke model.",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
 

@@ -15,7 +15,10 @@ from .app import app
 def node(
     request: Path = typer.Option(..., "--request", help="The studio.local-image-generation.request.v1 JSON file."),
 ) -> None:
-    """Answer one Studio request (the systemsculpt-local-imagegen contract)."""
+    """Answer one Studio request (systemsculpt-local-imagegen).
+
+    The same program as the systemsculpt-local-imagegen command; see docs/studio.md.
+    """
     from ..studio import main
 
     main(["--request", str(request)])

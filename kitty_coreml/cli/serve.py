@@ -10,8 +10,7 @@ import typer
 
 from .app import app
 
-QUEUE = typer.Option(None, "--queue", help="redis://host:port/db for the distributed queue; default: REDIS_URL, "
-                                           "else the embedded SQLite queue.")
+QUEUE_URL = "redis://host:port/db of the distributed queue"
 
 
 def is_loopback(host: str) -> bool:
@@ -49,11 +48,17 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs "
                                                          "KITTY_COREML_API_KEY."),
     port: Optional[int] = typer.Option(None, "--port", help="Port (default SERVICE_PORT, 8089); 0 picks a free one."),
-    queue: Optional[str] = QUEUE,
+    queue: Optional[str] = typer.Option(None, "--queue", help=f"{QUEUE_URL}; default: REDIS_URL, else the embedded "
+                                                              "SQLite queue in KITTY_COREML_HOME."),
 ) -> None:
-    """Serve KITTY's images API (/api/images/...), /metrics, /docs and the gallery at /vision.
+    """Serve KITTY's images API, /metrics and the gallery.
 
-    Example: kitty-coreml serve --port 8089, then open http://127.0.0.1:8089/vision
+    The paths are KITTY's /api/images/...; /docs has the API, /vision the gallery.
+
+    \b
+    Example:
+      kitty-coreml serve --port 8089
+      then open http://127.0.0.1:8089/vision
     """
     from ..errors import ConfigError, InvalidRequest
     from .common import load_settings
@@ -91,13 +96,18 @@ def serve(
 
 @app.command()
 def worker(
-    queue: Optional[str] = QUEUE,
+    queue: Optional[str] = typer.Option(None, "--queue", help=f"{QUEUE_URL}; default: REDIS_URL. Required: the "
+                                                              "embedded queue is served by `serve` alone."),
     burst: bool = typer.Option(False, "--burst", help="Exit once the queue is empty."),
     name: Optional[str] = typer.Option(None, "--name", help="Worker name shown by RQ (default: host and pid)."),
 ) -> None:
-    """Pull jobs from the distributed queue and run them here, keeping one engine warm between jobs.
+    """Run jobs of the distributed queue here.
 
-    Example: kitty-coreml worker --queue redis://queue-host:6379/0
+    One engine stays warm between jobs.
+
+    \b
+    Example:
+      kitty-coreml worker --queue redis://queue-host:6379/0
     """
     from ..errors import ConfigError
     from ..jobs.distributed import run_worker
@@ -106,7 +116,9 @@ def worker(
     settings = load_settings()
     url = queue or settings.redis_url
     if not url:
-        raise ConfigError("worker: no queue given", hint="pass --queue redis://host:port/db or set REDIS_URL")
+        raise ConfigError("--queue: none given and REDIS_URL is not set; a worker pulls from a Redis queue only "
+                          "(the embedded queue runs inside `serve`)",
+                          hint="pass --queue redis://host:port/db or set REDIS_URL")
     sys.stderr.write(f"kitty-coreml worker: pulling jobs from {url}\n")
     sys.stderr.flush()
     run_worker(settings, url, burst=burst, name=name)

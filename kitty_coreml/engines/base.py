@@ -65,6 +65,8 @@ class EngineOutput:
     timings: dict[str, float] = field(default_factory=dict)
     peak_rss_bytes: int | None = None
     log_tail: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """What the engine says the user should know (a prompt cut to the text encoder's tokens)."""
 
 
 class Engine(Protocol):

@@ -349,9 +349,11 @@ class DiffusersWorker:
             image.convert("RGB").save(partial, format="PNG")
             os.replace(partial, final)
             paths.append(str(final))
-        return {"type": "result", "id": message["id"], "images": paths, "seed": seed,
-                "width": loaded.width, "height": loaded.height,
-                "seconds": round(time.monotonic() - started, 4)}
+        reply = {"type": "result", "id": message["id"], "images": paths, "seed": seed,
+                 "width": loaded.width, "height": loaded.height,
+                 "seconds": round(time.monotonic() - started, 4)}
+        warnings = truncation_warnings(pipe, prompt, negative, guidance)
+        return {**reply, "warnings": warnings} if warnings else reply
 
     @staticmethod
     def _starting_image(path_text: str, loaded: _Loaded) -> Any:
@@ -396,6 +398,27 @@ class DiffusersWorker:
                     if self.pending_generate is job:
                         self.pending_generate = None
             self.writer.send(reply)
+
+
+def truncation_warnings(pipe: Any, prompt: str, negative: str, guidance: float) -> list[str]:
+    """A text with more tokens than the CLIP tokenizer's limit (77, start and end included) is cut by
+    the pipeline with only a log line; say so in the answer. The negative prompt counts only when
+    guidance uses it (above 1, as diffusers does classifier-free guidance)."""
+    tokenizers = [t for t in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)) if t]
+    if not tokenizers:
+        return []
+    tokenizer = tokenizers[0]
+    limit = tokenizer.model_max_length
+    texts = [("the prompt", prompt)] + ([("the negative prompt", negative)] if negative and guidance > 1 else [])
+    warnings = []
+    for which, text in texts:
+        count = len(tokenizer(text, truncation=False).input_ids)
+        if count > limit:
+            kept = tokenizer.decode(tokenizer(text, truncation=True, max_length=limit).input_ids,
+                                    skip_special_tokens=True).strip()
+            warnings.append(f"{which} is {count} tokens, longer than the text encoder's {limit}, and was cut "
+                            f"after '…{kept[-40:]}'")
+    return warnings
 
 
 def main() -> int:

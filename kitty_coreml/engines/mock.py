@@ -73,7 +73,7 @@ class MockEngine:
             if reference.size != (width, height):
                 reference = reference.resize((width, height), Image.Resampling.BICUBIC)
         prompt_weight = (studio_seed(request.prompt, "mock") % 8192) / 8192
-        on_progress(ProgressEvent("sampling", total=request.count))
+        on_progress(ProgressEvent("sampling", images=request.count))
         images = []
         for index in range(request.count):
             if cancel.cancelled:

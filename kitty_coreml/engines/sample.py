@@ -28,6 +28,7 @@ EXIT_USAGE = 64
 _STEP = re.compile(r"Step (\d+) of (\d+)\b.*?last ([0-9.]+|inf|nan)?")
 _SAVED = re.compile(r"Saved (.+?\.final\.png)")
 _SAFETY = re.compile(r"Image (\d+) failed safety check and was not saved")
+_TRUNCATED = re.compile(r"Needed to truncate input '(.*)' to '(.*)'$")
 
 
 def find_sample_binary(configured: Path | None, bin_dir: Path) -> Path:
@@ -168,6 +169,7 @@ class SampleEngine:
                 raise OutputError(f"internal: image path {target} would leave the run folder")
         removed: set[int] = set()
         saved: set[str] = set()
+        warnings: list[str] = []
         timings: dict[str, float] = {}
         started = time.monotonic()
 
@@ -188,6 +190,8 @@ class SampleEngine:
                 on_progress(ProgressEvent("loading", message="loading the model (the first load on the Neural Engine can take minutes)"))
             elif line.startswith("Sampling"):
                 on_progress(ProgressEvent("sampling", total=None, images=job.request.count))
+            elif line.startswith("Needed to truncate input"):
+                warnings.append(truncation_warning(line, job.request.prompt, job.request.negative_prompt))
 
         result = run_supervised(
             build_argv(self.binary, job), cwd=job.output_dir, timeout_s=job.timeout_s, cancel=cancel,
@@ -209,7 +213,20 @@ class SampleEngine:
                                        "run `kitty-coreml install --verify`")
         on_progress(ProgressEvent("saved", images=len(images)))
         return EngineOutput(engine=self.name, images=images, timings=timings,
-                            peak_rss_bytes=result.peak_rss_bytes, log_tail=result.stdout_tail[-5:])
+                            peak_rss_bytes=result.peak_rss_bytes, log_tail=result.stdout_tail[-5:],
+                            warnings=list(dict.fromkeys(warnings)))  # XL's two text encoders say it twice
+
+
+def truncation_warning(line: str, prompt: str, negative_prompt: str) -> str:
+    """Apple's text encoders print `Needed to truncate input '<text>' to '<kept>'` when a text has
+    more tokens than the encoder takes (77 for Stable Diffusion)."""
+    match = _TRUNCATED.match(line)
+    which = "the prompt or negative prompt"  # a text with a newline spans lines: then only that is known
+    if match and match.group(1) in (prompt, negative_prompt):
+        which = "the prompt" if match.group(1) == prompt else "the negative prompt"
+    kept = match.group(2).strip() if match else ""
+    after = f" after '…{kept[-40:]}'" if kept else ""
+    return f"{which} is longer than the text encoder's token limit (77 tokens) and was cut{after}"
 
 
 def _failure(returncode: int, stderr_tail: list[str], stdout_tail: list[str]) -> EngineError:

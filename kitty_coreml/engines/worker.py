@@ -186,10 +186,10 @@ class WorkerEngine:
                 self._ensure_loaded(worker, job, on_progress, cancel, deadline)
                 timings["load_s"] = time.monotonic() - started
                 started = time.monotonic()
-                images = self._generate(worker, job, on_progress, cancel, deadline)
+                images, warnings = self._generate(worker, job, on_progress, cancel, deadline)
                 timings["generate_s"] = time.monotonic() - started
                 return EngineOutput(engine=self.name, images=images, timings=timings,
-                                    log_tail=list(worker.stderr_tail))
+                                    log_tail=list(worker.stderr_tail), warnings=warnings)
             finally:
                 self._arm_idle_timer()
 
@@ -241,7 +241,7 @@ class WorkerEngine:
         worker.loaded_key = key
 
     def _generate(self, worker: _Worker, job: EngineJob, on_progress: ProgressCallback, cancel: CancelToken,
-                  deadline: float) -> list[EngineImage]:
+                  deadline: float) -> tuple[list[EngineImage], list[str]]:
         request = job.request
         message: dict[str, Any] = {
             "type": "generate", "prompt": request.prompt, "negative_prompt": request.negative_prompt,
@@ -262,7 +262,7 @@ class WorkerEngine:
                 raise EngineError(f"the {self.name} worker wrote {path} outside the run folder {output_dir}")
             images.append(EngineImage(index=index, path=Path(path) if path is not None else None))
         on_progress(ProgressEvent("saved", images=sum(1 for image in images if image.path is not None)))
-        return images
+        return images, [warning for warning in reply.get("warnings") or [] if isinstance(warning, str)]
 
     def _exchange(self, worker: _Worker, message: dict[str, Any], on_progress: ProgressCallback,
                   cancel: CancelToken, deadline: float, *, doing: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ def submit_remote(server: str, request: GenerationRequest, settings: Settings, *
     job = client.submit(body_from_request(request))
     if not wait:
         return job
-    printer = ProgressPrinter(settings.progress)
+    printer = ProgressPrinter(settings.progress, steps=request.steps, scheduler=request.scheduler)
     fields = ("step", "total", "images", "message", "rate")
 
     def on_progress(data: dict[str, Any]) -> None:

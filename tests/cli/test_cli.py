@@ -123,7 +123,7 @@ def test_debug_shows_traceback(kitty):
 def test_progress_plain_lines_when_not_a_terminal(kitty):
     run = kitty("generate", "a cube", "--steps", "10", extra_env={"KITTY_COREML_PROGRESS": "auto"})
     assert run.returncode == 0
-    assert "step 10 of 11" in run.stderr and "step 11 of 11" in run.stderr
+    assert "step 9 of 10" in run.stderr and "step 10 of 10" in run.stderr and "of 11" not in run.stderr
 
 
 def test_same_run_id_reproduces_the_seed(kitty):

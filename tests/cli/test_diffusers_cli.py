@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -88,7 +89,7 @@ def test_batch_of_an_empty_file_fails_loud(kitty, smoke_env, tmp_path):
     prompts.write_text("# only a comment\n\n")
     run = kitty("batch", str(prompts), *DIFFUSERS)
     assert run.returncode == 2
-    assert "prompts_file" in run.stderr and "at least one prompt line" in run.stderr
+    assert "PROMPTS_FILE: got" in run.stderr and "at least one prompt line" in run.stderr
 
 
 def test_ctrl_c_stops_the_warm_worker_and_stores_nothing(smoke_env, home):
@@ -111,3 +112,45 @@ def test_ctrl_c_stops_the_warm_worker_and_stores_nothing(smoke_env, home):
     for pid in workers:
         wait_gone(pid)
     assert not list((home / "store").rglob("*.png"))
+
+
+def test_doctor_with_the_smoke_model_installed_does_not_suggest_making_it(kitty, smoke_env):
+    run = kitty("doctor", "--json", extra_env={"KITTY_COREML_SAMPLE_BIN": "", "KITTY_COREML_RESOURCE_PATH": ""})
+    assert run.returncode == 0, run.stderr
+    checks = {check["name"]: check for check in run.json["checks"]}
+    fix = checks["core ml"]["fix"]
+    assert "models smoke" not in fix and 'kitty-coreml generate "..." --engine diffusers --model smoke' in fix
+    assert checks["model smoke"]["ok"]
+
+
+def test_a_prompt_past_the_tokenizers_77_tokens_is_a_warning(kitty, smoke_env):
+    long_prompt = " ".join(["a red cube"] * 30)
+    result = kitty("generate", long_prompt, *DIFFUSERS, "--json").json
+    [warning] = result["warnings"]
+    assert re.fullmatch(r"the prompt is \d+ tokens, longer than the text encoder's 77, and was cut after '….+'",
+                        warning), warning
+    assert int(warning.split()[3]) > 77
+
+
+def test_install_prints_each_step_once(smoke_env, home, tmp_path, tmp_path_factory):
+    import shutil
+    import subprocess
+
+    from kitty_coreml.atomic import write_json
+    from kitty_coreml.install.modelstep import RECEIPT_NAME, file_listing
+    from tests.conftest import KITTY
+
+    target = home / "models" / "smoke"  # the session's smoke model, installed: that step is already done
+    shutil.copytree(smoke_model_path(tmp_path_factory.getbasetemp()), target)
+    write_json(target / RECEIPT_NAME, {"model": "smoke", "files": file_listing(target)})
+    Registry(home / "models.json").register(model_from_folder(target, "smoke"))
+    env = {**smoke_env, "KITTY_COREML_INSTALL_COREML": "no", "KITTY_COREML_LINK_DIR": str(tmp_path / "links"),
+           "KITTY_COREML_PROGRESS": "plain"}
+    done = subprocess.run([KITTY, "install", "--model", "smoke"], env=env, capture_output=True, text=True,
+                          timeout=240, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("kitty-coreml is installed (models smoke): ") and done.stdout.count("\n") == 1
+    outcomes = [line for line in done.stderr.splitlines() if line[:2] in ("+ ", "= ", "- ")]
+    titles = [line[2:].split(":")[0] for line in outcomes]
+    assert "create the smoke model (tiny random weights, portable engine)" in titles
+    assert len(titles) == len(set(titles)) >= 5, done.stderr

@@ -528,6 +528,66 @@ def read_tokenizer(resource_path):
     if not isinstance(vocabulary, dict) or not all(isinstance(v, int) for v in vocabulary.values()):
         swift_fatal_error("'try!' expression unexpectedly raised an error: Swift.DecodingError.typeMismatch",
                           "StableDiffusion/BPETokenizer.swift:49")
+    ranks = {}
+    for index, line in enumerate(lines):  # readMerges: the rank is the line number, comments included
+        if line and not line.startswith(b"#"):
+            first, second = (part.decode() for part in line.split(b" ") if part)
+            ranks[(first, second)] = index
+    return BPETokenizer(ranks)
+
+
+class BPETokenizer:
+    """tokenizer/BPETokenizer.swift: only what decides the token count and the truncation message."""
+
+    START, END = "<|startoftext|>", "<|endoftext|>"
+
+    def __init__(self, ranks):
+        self.ranks = ranks
+
+    def tokenize(self, text):
+        """startToken, encode(input:), endToken (padding does not matter for truncation)."""
+        words = [word for word in text.strip().lower().split(" ") if word]  # split omits empty pieces
+        return [self.START, *(token for word in words for token in self.encode_word(word)), self.END]
+
+    def encode_word(self, word):
+        tokens = list(word)
+        tokens[-1] += "</w>"
+        while True:
+            pairs = set(zip(tokens, tokens[1:]))
+            mergeable = [pair for pair in pairs if pair in self.ranks]
+            if not mergeable:
+                return tokens
+            tokens = self.merge(tokens, min(mergeable, key=self.ranks.get))
+
+    @staticmethod
+    def merge(tokens, bigram):
+        """update(_:merging:), including its bounds check on `index` where `startMatchIndex` is meant."""
+        merged, index = [], 0
+        while index < len(tokens):
+            if bigram[0] not in tokens[index:]:
+                merged += tokens[index:]
+                break
+            start = tokens.index(bigram[0], index)
+            merged += tokens[index:start]
+            if index < len(tokens) - 1:
+                if start + 1 >= len(tokens):
+                    swift_fatal_error("Index out of range")
+                if tokens[start + 1] == bigram[1]:
+                    merged.append(bigram[0] + bigram[1])
+                    index = start + 2
+                    continue
+            merged.append(bigram[0])
+            index = start + 1
+        return merged
+
+    def decode(self, tokens):
+        return "".join(tokens).replace("</w>", " ").replace(self.START, "").replace(self.END, "")
+
+    def encode(self, text, input_length):
+        """TextEncoder(XL).encode(_:): a text longer than the model's input is cut, and said so."""
+        tokens = self.tokenize(text)
+        if len(tokens) > input_length:
+            log(f"Needed to truncate input '{text}' to '{self.decode(tokens[:input_length])}'\n")
 
 
 class Pipeline:
@@ -549,15 +609,16 @@ class Pipeline:
         self.text_encoder = at("TextEncoder.mlmodelc")
         self.decoder = at("VAEDecoder.mlmodelc")
         self.latent_input = "sample"
+        self.tokenizer = None
         if options.xl:
-            read_tokenizer(base)
+            self.tokenizer = read_tokenizer(base)
             self.text_encoder = self.text_encoder if os.path.exists(self.text_encoder) else None
             self.text_encoder2 = at("TextEncoder2.mlmodelc")
             self.denoiser = unet_models("Unet")
             self.load_order = [self.text_encoder2, *self.denoiser, self.decoder]
             self.prewarm_order = [self.text_encoder2, *self.denoiser, self.decoder]
         elif options.sd3:
-            read_tokenizer(base)
+            self.tokenizer = read_tokenizer(base)
             self.text_encoder2 = at("TextEncoder2.mlmodelc")
             t5_files = [at("tokenizer_config.json"), at("tokenizer.json"), at("TextEncoderT5.mlmodelc")]
             t5 = [t5_files[2]] if all(os.path.exists(f) for f in t5_files) else []
@@ -569,7 +630,7 @@ class Pipeline:
             if options.use_multilingual_text_encoder:
                 self.text_encoder = None  # NLContextualEmbedding, no tokenizer files
             else:
-                read_tokenizer(base)
+                self.tokenizer = read_tokenizer(base)
             controlnets = [os.path.join(base, "controlnet", f"{name}.mlmodelc") for name in options.controlnet]
             self.denoiser = unet_models("ControlledUnet" if controlnets else "Unet")
             if not options.disable_safety and os.path.exists(at("SafetyChecker.mlmodelc")):
@@ -588,11 +649,25 @@ class Pipeline:
         return shape[3] * 8, shape[2] * 8
 
     def encode_prompt(self):
-        """An SD text encoder whose outputs lack last_hidden_state (an XL one) is force-unwrapped."""
-        if not (self.options.xl or self.options.sd3) and self.text_encoder:
-            if "last_hidden_state" not in output_names(self.text_encoder):
-                swift_fatal_error("Unexpectedly found nil while unwrapping an Optional value",
-                                  "StableDiffusion/TextEncoder.swift:89")
+        """generateImages()'s text encoding. SD encodes the prompt, then the negative prompt when
+        guidance >= 1; XL and SD3 encode both, each through TextEncoder and TextEncoder2. An SD text
+        encoder whose outputs lack last_hidden_state (an XL one) is force-unwrapped after tokenizing.
+        (SD3's optional T5 encoder, with its own tokenizer, is not modelled.)"""
+        options = self.options
+        if not (options.xl or options.sd3):
+            if not self.text_encoder:
+                return
+            texts = [options.prompt] + ([options.negative_prompt] if options.guidance_scale >= 1.0 else [])
+            for text in texts:
+                self.tokenizer.encode(text, input_shape(self.text_encoder)[-1])
+                if "last_hidden_state" not in output_names(self.text_encoder):
+                    swift_fatal_error("Unexpectedly found nil while unwrapping an Optional value",
+                                      "StableDiffusion/TextEncoder.swift:89")
+            return
+        encoders = [model for model in (self.text_encoder, self.text_encoder2) if model]
+        for text in (options.prompt, options.negative_prompt):
+            for model in encoders:
+                self.tokenizer.encode(text, input_shape(model)[-1])
 
 
 # --------------------------------------------------------------------------------------------
