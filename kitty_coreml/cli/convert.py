@@ -32,7 +32,9 @@ def convert(
                                   help="Limit for one stage (default KITTY_COREML_CONVERT_TIMEOUT_S, 14400)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Convert a model to Core ML bundles at fixed sizes and register them as size variants.
+    """Convert a model to Core ML bundles at fixed sizes.
+
+    The bundles are registered as size variants of one model.
 
     Runs Apple's torch2coreml (pinned ml-stable-diffusion, its own venv) one sub-model at a time, each a
     supervised child process: Ctrl-C stops it, and running the same command again resumes where it

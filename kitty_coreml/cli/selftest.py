@@ -14,8 +14,10 @@ def selftest(
                                                     "model, and run the conformance suite too."),
     report_path: str = typer.Option(None, "--report", metavar="FILE", help="Also write the JSON report to FILE."),
 ) -> None:
-    """Run both Core ML engines once each, the Studio provider once and one cancel; print a JSON report
-    (versions, timings, every failure). Exits 1 when a check failed.
+    """Prove the Apple half once and print a JSON report.
+
+    Runs both Core ML engines once each, the Studio provider once and one cancel; the report has versions,
+    timings and every failure. Exits 1 when a check failed.
 
     Without --live it checks the binaries KITTY_COREML_SAMPLE_BIN / KITTY_COREML_WORKER_BIN name (CI runs
     it against the test doubles); --live needs a Mac.

@@ -18,6 +18,7 @@ import pytest
 from kitty_coreml import errors
 from kitty_coreml.settings import ML_SD_COMMIT
 from tests.conftest import KITTY
+from tests.fakes import make_resources
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -212,7 +213,7 @@ def test_stored_files_follow_the_umask(env, home, umask):
     assert stat.S_IMODE(png.with_suffix(".json").stat().st_mode) == expected
 
 
-def test_a_prompt_past_77_tokens_is_a_warning(kitty):
+def test_a_prompt_past_77_tokens_is_a_warning(kitty, tmp_path):
     long_prompt = " ".join(["cat"] * 80)  # the fake vocabulary merges "cat" into one token
     result = kitty("generate", long_prompt, "--negative", "cat cat", "--json").json
     assert result["warnings"] == [
@@ -220,7 +221,10 @@ def test_a_prompt_past_77_tokens_is_a_warning(kitty):
         f"'…{' '.join(['cat'] * 76)[-40:]}'"]
     negative = kitty("generate", "a cat", "--negative", long_prompt, "--json").json["warnings"]
     assert len(negative) == 1 and negative[0].startswith("the negative prompt is longer")
-    unguided = kitty("generate", "a cat", "--negative", long_prompt, "--guidance", "0.5", "--json").json
+    # guidance below 1 runs only on a Unet converted for one latent (a batch-2 Unet is refused before launch)
+    single = make_resources(tmp_path / "batch1", unet_batch=1)
+    unguided = kitty("generate", "a cat", "--negative", long_prompt, "--guidance", "0.5", "--json",
+                     extra_env={"KITTY_COREML_RESOURCE_PATH": str(single)}).json
     assert unguided["warnings"] == [], "without guidance Apple's pipeline never encodes the negative prompt"
     assert kitty("generate", " ".join(["cat"] * 75), "--json").json["warnings"] == []
 
