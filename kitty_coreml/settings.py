@@ -124,6 +124,8 @@ class Settings(BaseModel):
     """REDIS_URL: use the distributed (RQ) queue."""
     service_port: int = 8089
     """SERVICE_PORT."""
+    service_host: str = "127.0.0.1"
+    """SERVICE_HOST: the address `serve` binds (KITTY's variable); anything but loopback needs an API key."""
     queue_max: int = 100
     """KITTY_COREML_QUEUE_MAX: most jobs waiting in the service's queue; a submission beyond it gets 429."""
     job_retention_s: float = 86400.0
@@ -264,6 +266,7 @@ class Settings(BaseModel):
             api_key=get("KITTY_COREML_API_KEY") or None,
             redis_url=(get("REDIS_URL") or "").strip() or None,
             service_port=int(port),
+            service_host=(get("SERVICE_HOST") or "").strip() or "127.0.0.1",
             queue_max=int(_number("KITTY_COREML_QUEUE_MAX", get("KITTY_COREML_QUEUE_MAX"), 100, 1)),
             job_retention_s=_number("KITTY_COREML_JOB_RETENTION_S", get("KITTY_COREML_JOB_RETENTION_S"), 86400.0, 1),
             live=parse_bool("KITTY_COREML_LIVE", get("KITTY_COREML_LIVE"), False)

@@ -45,8 +45,8 @@ def _listen(host: str, port: int):
 
 @app.command()
 def serve(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs "
-                                                         "KITTY_COREML_API_KEY."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to bind (default SERVICE_HOST, 127.0.0.1); "
+                                                            "anything but loopback needs KITTY_COREML_API_KEY."),
     port: Optional[int] = typer.Option(None, "--port", help="Port (default SERVICE_PORT, 8089); 0 picks a free one."),
     queue: Optional[str] = typer.Option(None, "--queue", help=f"{QUEUE_URL}; default: REDIS_URL, else the embedded "
                                                               "SQLite queue in KITTY_COREML_HOME."),
@@ -64,8 +64,10 @@ def serve(
     from .common import load_settings
 
     settings = load_settings()
+    source = "SERVICE_HOST" if host is None else "--host"
+    host = settings.service_host if host is None else host
     if not is_loopback(host) and not settings.api_key:
-        raise ConfigError(f"--host {host} would open the API to the network without a key",
+        raise ConfigError(f"{source} {host} would open the API to the network without a key",
                           hint="set KITTY_COREML_API_KEY (clients send it as X-API-Key), or bind 127.0.0.1")
     port = settings.service_port if port is None else port
     if not 0 <= port <= 65535:

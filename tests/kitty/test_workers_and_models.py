@@ -93,3 +93,19 @@ def test_models_yaml_errors_name_the_file(kitty, tmp_path, kitty_models):
     missing.write_text(f"sdxl_base: {Path(tmp_path) / 'gone'}\n")
     run = kitty("generate", "x", "--model", "sdxl_base", "--engine", "mock", extra_env={"MODELS_YAML": str(missing)})
     assert run.returncode != 0 and "maps it to" in run.stderr and "which does not exist" in run.stderr
+
+
+def test_serve_binds_kittys_service_host(kitty_env, service_factory):
+    # KITTY's start script sets SERVICE_HOST; 127.0.0.2 is loopback on Linux, so no key is needed
+    service = service_factory({**kitty_env, "SERVICE_HOST": "127.0.0.2"})
+    assert service.url.startswith("http://127.0.0.2:")
+    with service.client() as client:
+        assert client.get("/", headers={"Accept": "application/json"}).json()["status"] == "online"
+
+
+def test_serve_refuses_an_open_service_host_without_a_key(kitty, kitty_env):
+    done = subprocess.run([str(BIN_DIR / "kitty-coreml"), "serve", "--port", "0"], capture_output=True, text=True,
+                          env={**kitty_env, "SERVICE_HOST": "0.0.0.0"}, stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode != 0
+    assert "SERVICE_HOST 0.0.0.0 would open the API to the network without a key" in done.stderr
+    assert "Traceback" not in done.stderr
