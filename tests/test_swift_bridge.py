@@ -35,8 +35,9 @@ def _swift_string_list(name: str) -> list[str]:
     return re.findall(r'"([^"]*)"', match.group(1))
 
 
-def _literal_at(text: str, start: int) -> str:
-    """The bracketed Swift literal that opens at text[start] ('['), brackets inside strings ignored."""
+def _balanced(text: str, start: int, opening: str, closing: str) -> str:
+    """The span of text that opens with `opening` at text[start] and ends at its matching `closing`,
+    brackets inside Swift strings ignored."""
     depth, in_string, index = 0, False, start
     while index < len(text):
         char = text[index]
@@ -47,14 +48,19 @@ def _literal_at(text: str, start: int) -> str:
                 in_string = False
         elif char == '"':
             in_string = True
-        elif char == "[":
+        elif char == opening:
             depth += 1
-        elif char == "]":
+        elif char == closing:
             depth -= 1
             if depth == 0:
                 return text[start:index + 1]
         index += 1
-    raise AssertionError(f"unbalanced literal at {text[start:start + 60]!r}")
+    raise AssertionError(f"unbalanced {opening}{closing} at {text[start:start + 60]!r}")
+
+
+def _literal_at(text: str, start: int) -> str:
+    """The bracketed Swift literal that opens at text[start] ('[')."""
+    return _balanced(text, start, "[", "]")
 
 
 def _written_messages() -> dict[str, set[str]]:
@@ -142,26 +148,7 @@ def test_images_are_named_as_the_protocol_says_and_renamed_into_place():
 
 def _body(signature: str) -> str:
     """The braces-balanced body of the first declaration starting with `signature` (strings ignored)."""
-    start = SWIFT.index(signature)
-    opening = SWIFT.index("{", start)
-    depth, in_string, index = 0, False, opening
-    while index < len(SWIFT):
-        char = SWIFT[index]
-        if in_string:
-            if char == "\\":
-                index += 1
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return SWIFT[opening:index + 1]
-        index += 1
-    raise AssertionError(f"unbalanced body after {signature!r}")
+    return _balanced(SWIFT, SWIFT.index("{", SWIFT.index(signature)), "{", "}")
 
 
 def _in_order(text: str, *parts: str) -> None:
