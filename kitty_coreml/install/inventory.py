@@ -44,7 +44,9 @@ def list_models(settings: Settings) -> dict[str, Any]:
                                 "height": entry.get("height"), "default": name == registry.default_name(),
                                 "in_catalog": name in catalog or name == "smoke",
                                 "disk_bytes": _disk_bytes(path) if path.exists() else 0, "ok": True,
-                                "problem": None}
+                                "problem": None, "variants": [
+                                    {"width": v.get("width"), "height": v.get("height"), "path": v.get("path"),
+                                     "ok": Path(v.get("path", "")).is_dir()} for v in entry.get("variants", ())]}
         try:
             model = model_from_folder(path, name)
             item.update(format=model.format, family=model.family, width=model.width, height=model.height,
@@ -86,6 +88,9 @@ def format_models(report: dict[str, Any]) -> str:
         state = "" if m["ok"] else f"  BROKEN: {m['problem']}"
         lines.append(f" {flag}{m['name']:<18} {m['format'] or '?':<9} {m['width']}x{m['height']:<6} "
                      f"{_size(m['disk_bytes']):>9}  {m['path']}{state}")
+        for v in m.get("variants", ()):
+            size = f"{v['width']}x{v['height']}"
+            lines.append(f"   {'':<18} {'variant':<9} {size:<10} {'':>9}  {v['path']}{'' if v['ok'] else '  MISSING'}")
     lines.append("Available:")
     for a in report["available"]:
         mark = "installed" if a["installed"] else _size(a["size_bytes"]) if a["size_bytes"] else "local"

@@ -58,6 +58,9 @@ def test_models_add_variant_and_remove(kitty, tmp_path, home):
     assert added.returncode == 0 and added.json["format"] == "coreml" and added.json["family"] == "sdxl"
     variant = kitty("models", "add", "sdxl_base", str(wide), "--variant")
     assert variant.returncode == 0 and "variant 1024x768" in variant.stdout
+    listed = next(m for m in kitty("models", "list", "--json").json["installed"] if m["name"] == "sdxl_base")
+    assert [(v["width"], v["height"], v["path"], v["ok"]) for v in listed["variants"]] == [(1024, 768, str(wide), True)]
+    assert "variant   1024x768" in kitty("models", "list").stdout
     settings = Settings.from_env({"KITTY_COREML_HOME": str(home), "KITTY_COREML_ENGINE": "mock"})
     exact = plan(GenerationRequest("x", model="sdxl_base", width=1024, height=768), settings)
     assert exact["model"]["path"] == str(wide) and exact["warnings"] == []
