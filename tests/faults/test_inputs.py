@@ -54,7 +54,7 @@ def test_a_prompt_the_binary_cannot_name_a_file_after_is_refused_before_launch(k
     made = kitty("generate", "\U0001F600" * 80, extra_env={"FAKE_SD_ARGV_LOG": str(log)})
     assert made.returncode != 0
     message = assert_clear_error(made.stderr)
-    assert message.startswith("prompt: got ") and "255 bytes" in message and "coreml-worker" in message
+    assert message.startswith("PROMPT: got ") and "255 bytes" in message and "coreml-worker" in message
     assert not log.exists()  # refused before the engine ran
     assert_nothing_half_written(home)
     # CJK text of the same length fits (75 x 3 bytes), and still runs
