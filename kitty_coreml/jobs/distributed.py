@@ -389,6 +389,9 @@ def run_worker(settings: Settings, url: str, *, burst: bool = False, name: str |
 
     own_signals()
     logging.getLogger("rq.worker").addFilter(_OneLineLogs())
+    # RQ's stop signal raises StopRequested wherever it lands; inside a log call, logging would print that
+    # as a "--- Logging error ---" traceback. The stop itself is recorded by RQ's handler before it raises.
+    logging.raiseExceptions = False
     thread_errors = threading.excepthook
 
     def one_line_redis_errors(args: Any) -> None:
