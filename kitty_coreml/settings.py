@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, field_validator
+from typing import Any, Literal
 
 from .errors import ConfigError
 
@@ -75,10 +74,10 @@ def _path(raw: str | None) -> Path | None:
     return Path(os.path.expandvars(raw.strip())).expanduser()
 
 
-class Settings(BaseModel):
-    """Settings of one kitty-coreml process. Defaults are those a user gets with no variable set."""
-
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Settings of one kitty-coreml process. Defaults are those a user gets with no variable set. A plain
+    frozen dataclass, not pydantic: the Studio provider builds one per image and must start fast."""
 
     home: Path
     """KITTY_COREML_HOME: everything kitty-coreml keeps (images, outbox, models, locks). ~/.kitty-coreml"""
@@ -183,22 +182,28 @@ class Settings(BaseModel):
     """KITTY_COREML_WORKER_LEASE_S: a Redis worker renews its hold on a running job this often (x 1/4); a job
     not renewed for this long belongs to a dead worker and is run again (once), then failed."""
 
-    @field_validator("home")
-    @classmethod
-    def _home_is_a_folder(cls, home: Path) -> Path:
+    def __post_init__(self) -> None:
+        self._home_is_a_folder(self.home)
+        self._endpoint_is_a_url(self.s3_endpoint_url)
+
+    @staticmethod
+    def _home_is_a_folder(home: Path) -> Path:
         if home.exists() and not home.is_dir():
             raise ConfigError(f"KITTY_COREML_HOME: got {str(home)!r}, which is a file; allowed: a folder "
                               "(made when missing)")
         return home
 
-    @field_validator("s3_endpoint_url")
-    @classmethod
-    def _endpoint_is_a_url(cls, url: str | None) -> str | None:
+    @staticmethod
+    def _endpoint_is_a_url(url: str | None) -> str | None:
         problem = url and http_url_problem(url)
         if problem:
             raise ConfigError(f"S3_ENDPOINT_URL: got {url!r} ({problem}); allowed: an http:// or https:// URL "
                               "like http://127.0.0.1:9000")
         return url
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None) -> Settings:
+        """A copy with the fields in `update` changed, checked again (the name it had as a pydantic model)."""
+        return replace(self, **(update or {}))
 
     @property
     def images_root(self) -> Path:
@@ -341,11 +346,10 @@ def _clamped(name: str, raw: str | None, lo: float, hi: float, *, floor: bool) -
     return min(hi, max(lo, value))
 
 
-class StudioSettings(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class StudioSettings:
     """The Studio host's SYSTEMSCULPT_LOCAL_* variables (CONTRACTS.md section 5), with the old provider's
     defaults, aliases and clamps, plus kitty-coreml's own Studio options."""
-
-    model_config = ConfigDict(frozen=True)
 
     backend: Literal["coreml_diffusion", "mock"] = "coreml_diffusion"
     """SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND: coreml_diffusion (alias coreml) or mock (alias procedural)."""

@@ -75,7 +75,7 @@ def _written_messages() -> dict[str, set[str]]:
 
 def test_package_pins_the_installers_commit_and_declares_the_worker_product():
     assert PACKAGE.startswith("// swift-tools-version: 5.8\n")
-    assert ML_SD_COMMIT == Settings.model_fields["ml_sd_commit"].default
+    assert ML_SD_COMMIT == Settings.__dataclass_fields__["ml_sd_commit"].default
     dependencies = re.findall(r"\.package\(([^)]*)\)", PACKAGE)
     assert len(dependencies) == 1, dependencies
     assert re.fullmatch(r'\s*url: "https://github.com/apple/ml-stable-diffusion",\s*revision: "([0-9a-f]{40})"\s*',

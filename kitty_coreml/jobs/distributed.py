@@ -121,17 +121,32 @@ class RedisQueue:
 
     @_redis_call
     def submit(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One round trip to Redis: RQ's enqueue and the queue's length after it, in one transaction. The
+        length is the new job's position (jobs are appended); past the limit the job is taken back out."""
         from rq import Retry
 
-        waiting = self.queue.count
-        if waiting >= self.settings.queue_max:
+        timeout = request.get("timeout_s") or self.settings.timeout_s
+        retention = int(self.settings.job_retention_s)
+        with self.redis.pipeline() as pipe:
+            job = self.queue.enqueue_call(run_job, args=(request,), job_id=new_job_id(), timeout=int(timeout) + 120,
+                                          result_ttl=retention, failure_ttl=retention,
+                                          retry=Retry(max=MAX_ATTEMPTS - 1), pipeline=pipe)
+            pipe.llen(self.queue.key)
+            length = pipe.execute()[-1]
+        if length > self.settings.queue_max:
+            self._withdraw(job, length - 1)
+        return {"job_id": job.id, "created_at": _iso(job.enqueued_at or job.created_at), "started_at": None,
+                "finished_at": None, "attempts": 0, "status": QUEUED, "position": length}
+
+    def _withdraw(self, job: Any, waiting: int) -> None:
+        """Take back a job pushed past the limit and refuse it; one a worker took meanwhile stays taken
+        (the queue had room for it after all)."""
+        if self.redis.lrem(self.queue.key, 1, job.id):
+            with self.redis.pipeline() as pipe:
+                job.delete(pipeline=pipe, remove_from_queue=False)
+                pipe.execute()
             raise QueueFull(f"the queue already holds {waiting} job(s), its limit (KITTY_COREML_QUEUE_MAX)",
                             hint="try again when some have finished")
-        timeout = request.get("timeout_s") or self.settings.timeout_s
-        job = self.queue.enqueue(run_job, request, job_id=new_job_id(), job_timeout=int(timeout) + 120,
-                                 result_ttl=int(self.settings.job_retention_s),
-                                 failure_ttl=int(self.settings.job_retention_s), retry=Retry(max=MAX_ATTEMPTS - 1))
-        return self._view(job)
 
     def _fetch(self, job_id: str):
         from rq.exceptions import NoSuchJobError

@@ -31,6 +31,7 @@ from .security import RequestGuard
 
 if TYPE_CHECKING:
     from ..jobs import JobQueue
+    from ..request import GenerationRequest
     from ..settings import Settings
 
 __all__ = ["create_app", "http_status", "STATIC_DIR", "EVENT_POLL_S"]
@@ -129,15 +130,18 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
         except ValueError as exc:
             raise InvalidRequest("body", "not JSON", f"a JSON object ({exc})") from None
         parsed, warnings = request_from_body(body)
+        # One trip to the thread pool for both blocking steps (the model registry, the queue's store).
+        return await run_in_threadpool(enqueue, parsed, warnings)
+
+    def enqueue(parsed: GenerationRequest, warnings: list[str]) -> dict[str, Any]:
         try:
-            resolved, *_ = await run_in_threadpool(resolve, parsed, settings, prefer_warm=True)
+            resolved, *_ = resolve(parsed, settings, prefer_warm=True)
             parsed = replace(parsed, seed=resolved.seed, run_id=resolved.run_id)
         except (ModelError, PlatformUnsupported, InstallError, ConfigError):
             if queue.kind != "redis":
                 raise
             # The workers may hold models this machine does not; they check again.
-        queued = parsed.to_dict() | ({"warnings": warnings} if warnings else {})
-        job = await run_in_threadpool(queue.submit, queued)
+        job = queue.submit(parsed.to_dict() | ({"warnings": warnings} if warnings else {}))
         return {"job_id": job["job_id"], "status": job["status"], "position": job.get("position"),
                 "seed": parsed.seed, "run_id": parsed.run_id, "warnings": warnings}
 

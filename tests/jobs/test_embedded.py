@@ -112,3 +112,48 @@ def test_a_queue_written_with_the_old_state_words_reads_in_kittys(home):
     assert {k: reopened.stats()[k] for k in ("finished", "failed", "cancelled")} == {"finished": 1, "failed": 2,
                                                                                    "cancelled": 1}
     reopened.close()
+
+
+def test_positions_and_the_bound_stay_right_through_cancels_finishes_and_purges(home):
+    """The queue's length is a kept tally: every way a job leaves the queued state must move it."""
+    queue = EmbeddedQueue(settings(home, KITTY_COREML_QUEUE_MAX="3", KITTY_COREML_JOB_RETENTION_S="60"))
+    first, second, third = (queue.submit(request(f"p{i}"))["job_id"] for i in range(3))
+    queue.cancel(second)  # queued -> failed
+    claimed, _ = queue._claim()  # queued -> started, then finished
+    assert claimed == first
+    queue._settle(first, "finished", result={"png_key": "images/x.png"})
+    assert queue.get(third)["position"] == 1
+    fourth = queue.submit(request("p3"))
+    assert fourth["position"] == 2 and queue.get(fourth["job_id"]) == fourth
+    queue.submit(request("p4"))
+    with pytest.raises(QueueFull, match="3 job"):
+        queue.submit(request("p5"))
+    with sqlite3.connect(queue.db_path) as db:  # past the retention: the purge forgets the settled two
+        db.execute("UPDATE jobs SET finished=? WHERE id IN (?, ?)", (time.time() - 61, first, second))
+    assert queue.purge() == 2
+    with pytest.raises(QueueFull, match="3 job"):  # purging settled jobs frees no queue place
+        queue.submit(request("p6"))
+    queue.cancel(third)
+    assert queue.submit(request("p7"))["position"] == 3
+    assert queue.stats()["queued"] == 3
+    queue.close()
+
+
+def test_a_second_process_and_a_database_from_before_the_tallies_count_alike(home):
+    """Two queues on one home see each other's submissions; a database written before the tallies
+    existed is counted when it is opened."""
+    queue = EmbeddedQueue(settings(home, KITTY_COREML_QUEUE_MAX="4"))
+    [queue.submit(request(f"p{i}")) for i in range(2)]
+    queue.close()
+    with sqlite3.connect(home / "jobs.sqlite3") as db:
+        for trigger in ("insert", "delete", "update"):
+            db.execute(f"DROP TRIGGER job_tallies_{trigger}")
+        db.execute("DROP TABLE job_tallies")
+    first = EmbeddedQueue(settings(home, KITTY_COREML_QUEUE_MAX="4"))
+    second = EmbeddedQueue(settings(home, KITTY_COREML_QUEUE_MAX="4"))
+    assert first.submit(request("p2"))["position"] == 3
+    assert second.submit(request("p3"))["position"] == 4
+    with pytest.raises(QueueFull, match="4 job"):
+        first.submit(request("p4"))
+    for queue in (first, second):
+        queue.close()
