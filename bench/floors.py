@@ -6,12 +6,20 @@ medians), printed as one JSON object:
 * publishing through the outbox vs a plain boto3 loop (the same files, the same client settings);
 * a repeated /latest?limit=36 (S3Store.list) at each gallery size vs one ListObjectsV2 call, with its calls;
 * a warm image (orchestrator + warm diffusers worker, smoke model) vs a direct diffusers pipe() call;
-* `kitty-coreml generate --dry-run` and the Studio provider's start (`--help`) vs `python -c pass` and
-  a minimal typer app.
+* `kitty-coreml generate --dry-run`, the Studio provider's start (`--help`) and a whole Studio call on the
+  mock backend vs `python -c pass` and a minimal typer app;
+* enqueue: POST /api/images/generate from concurrent keep-alive clients into `kitty-coreml serve` with the
+  embedded queue and with Redis, vs a do-nothing FastAPI endpoint and vs a stand-in of KITTY's submit (one
+  RQ enqueue; bench/standins.py), all under serve's uvicorn settings: requests/s and p99; and the embedded
+  queue's submit itself, the first --flat jobs vs the next --flat (flat in queue length: a ratio near 1);
+* warm_generate: repeated `kitty-coreml generate` calls (new processes) while a `kitty-coreml serve` of the
+  same home holds the diffusers smoke model warm, vs that engine's own compute per image (its generate_s).
 
 Sizes are flags and small by default (the machine may be shared):
     .venv/bin/python bench/floors.py [--rounds 5] [--jobs 10] [--publish 40] [--galleries 300,3000]
-                                     [--steps 4] [--only s3_job,publish,latest,warm_image,start]
+                                     [--steps 4] [--enqueue 400] [--clients 16] [--flat 2000]
+                                     [--generate-steps 20]
+                                     [--only s3_job,publish,latest,warm_image,start,enqueue,warm_generate]
 The issue's figures use --galleries 300,3000,30000.
 """
 
@@ -33,13 +41,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from load import listening, p99, post_many, redis_server  # noqa: E402
+
 from kitty_coreml.request import GenerationRequest  # noqa: E402
 from kitty_coreml.settings import Settings  # noqa: E402
 from kitty_coreml.storage.base import new_key, sidecar_key  # noqa: E402
 from tests.s3server import S3Server  # noqa: E402
 
 BIN = Path(sys.executable).parent
-SECTIONS = ("s3_job", "publish", "latest", "warm_image", "start")
+KITTY = str(BIN / "kitty-coreml")
+SECTIONS = ("s3_job", "publish", "latest", "warm_image", "start", "enqueue", "warm_generate")
 
 
 def _seconds(action: Callable[[], Any]) -> float:
@@ -208,15 +219,22 @@ def bench_start(root: Path, args) -> dict[str, Any]:
     typer_app.write_text(_TYPER_APP)
     env = _env(root / "start", KITTY_COREML_SAMPLE_BIN=str(write_fake_binary(root)),
                KITTY_COREML_RESOURCE_PATH=str(make_resources(root / "model")))
+    studio_request = root / "studio-request.json"
+    studio_request.write_text(json.dumps({"schema": "studio.local-image-generation.request.v1", "prompt": "a red cube",
+                                          "count": 1, "aspectRatio": "1:1", "runId": "bench", "inputImages": []}))
 
-    def run(*argv: str) -> Callable[[], None]:
-        return lambda: subprocess.run(list(argv), env=env, check=True, stdin=subprocess.DEVNULL,
+    def run(*argv: str, **extra: str) -> Callable[[], None]:
+        return lambda: subprocess.run(list(argv), env={**env, **extra}, check=True, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    provider = str(BIN / "systemsculpt-local-imagegen")
     commands = {"python_pass": run(sys.executable, "-c", "pass"),
                 "typer_app": run(sys.executable, str(typer_app), "--name", "y"),
-                "generate_dry_run": run(str(BIN / "kitty-coreml"), "generate", "a red cube", "--dry-run"),
-                "studio_start": run(str(BIN / "systemsculpt-local-imagegen"), "--help")}
+                "generate_dry_run": run(KITTY, "generate", "a red cube", "--dry-run"),
+                "studio_start": run(provider, "--help"),
+                # the whole call, the mock backend's drawing and PNG of 1024x1024 included
+                "studio_mock_call": run(provider, "--request", str(studio_request),
+                                        SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND="mock")}
     for command in commands.values():
         command()  # the file cache, once
     medians = _alternate(args.rounds, **commands)
@@ -226,8 +244,117 @@ def bench_start(root: Path, args) -> dict[str, Any]:
         ratios[f"{name}_vs_typer_app"] = medians[name] / medians["typer_app"]
     return {"ms": {k: round(v * 1000, 1) for k, v in medians.items()},
             "above_python_pass_ms": {name: round((medians[name] - medians["python_pass"]) * 1000, 1)
-                                     for name in ("typer_app", "generate_dry_run", "studio_start")},
+                                     for name in ("typer_app", "generate_dry_run", "studio_start", "studio_mock_call")},
             "ratios": ratios, "size": {"rounds": args.rounds}}
+
+
+def _enqueue_servers(root: Path, redis_url: str) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """argv and environment of each server. Ours run Apple's binary faked and hanging at its first step:
+    the embedded queue's worker holds one job and the rest wait, so no generation competes for the CPU."""
+    from tests.fakes import make_resources, write_fake_binary
+
+    (root / "enqueue-bin").mkdir()
+    ours = {"KITTY_COREML_ENGINE": "sample", "KITTY_COREML_SAMPLE_BIN": str(write_fake_binary(root / "enqueue-bin")),
+            "KITTY_COREML_RESOURCE_PATH": str(make_resources(root / "enqueue-model")), "FAKE_SD_HANG_AT_STEP": "1",
+            "KITTY_COREML_QUEUE_MAX": str(10**9)}
+    server = redis_url.rsplit("/", 1)[0]
+    standins = [sys.executable, str(ROOT / "bench" / "standins.py")]
+    return {"noop": ([*standins, "noop"], _env(root / "enqueue-noop")),
+            "kitty_standin": ([*standins, "kitty", f"{server}/2"], _env(root / "enqueue-kitty")),
+            "embedded": ([KITTY, "serve", "--port", "0"], _env(root / "enqueue-embedded", **ours)),
+            "redis": ([KITTY, "serve", "--port", "0", "--queue", f"{server}/1"], _env(root / "enqueue-redis", **ours))}
+
+
+def _embedded_flatness(root: Path, jobs: int) -> dict[str, float]:
+    """Microseconds per EmbeddedQueue.submit for the first `jobs` queued jobs and for the next `jobs`."""
+    from kitty_coreml.jobs.embedded import EmbeddedQueue
+
+    queue = EmbeddedQueue(Settings.from_env(_env(root / "enqueue-flat", KITTY_COREML_ENGINE="mock",
+                                                 KITTY_COREML_QUEUE_MAX=str(10**9))))
+    request = GenerationRequest(prompt="a red cube", width=64, height=64).to_dict()
+    try:
+        first, following = (_seconds(lambda: [queue.submit(request) for _ in range(jobs)]) for _ in range(2))
+    finally:
+        queue.close()
+    return {"first_us": round(first / jobs * 1e6, 1), "next_us": round(following / jobs * 1e6, 1),
+            "next_vs_first": following / first}
+
+
+def bench_enqueue(root: Path, args) -> dict[str, Any]:
+    from contextlib import ExitStack
+
+    per_client = max(1, args.enqueue // args.clients)
+    sent = [0]
+
+    def bodies() -> list[list[bytes]]:
+        """Distinct prompts every time, the same body shape for every server (KITTY's bounds allow it)."""
+        sent[0] += 1
+        return [[json.dumps({"prompt": f"bench {sent[0]} {client} {i}", "steps": 10}).encode()
+                 for i in range(per_client)] for client in range(args.clients)]
+
+    rates: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    latencies: dict[str, list[float]] = {}
+    with redis_server(root) as redis_url, ExitStack() as stack:
+        servers = {name: stack.enter_context(listening(argv, env))
+                   for name, (argv, env) in _enqueue_servers(root, redis_url).items()}
+        for server in servers.values():
+            post_many(server, "/api/images/generate", bodies()[:2])  # started, imports and connections warm
+        for _ in range(args.rounds):
+            for name, server in servers.items():
+                cpu_before = server.cpu_s()
+                results, elapsed = post_many(server, "/api/images/generate", bodies())
+                cpu.setdefault(name, []).append((server.cpu_s() - cpu_before) / len(results))
+                refused = sorted({status for status, _ in results if status != 200})
+                if refused:
+                    raise SystemExit(f"enqueue: {name} answered {refused}")
+                rates.setdefault(name, []).append(len(results) / elapsed)
+                latencies.setdefault(name, []).extend(seconds for _, seconds in results)
+    per_s = {name: statistics.median(values) for name, values in rates.items()}
+    cpu_per = {name: statistics.median(values) for name, values in cpu.items()}
+    p99s = {name: p99(values) for name, values in latencies.items()}
+    flat = _embedded_flatness(root, args.flat)
+    ratios = {"embedded_submit_next_vs_first": flat["next_vs_first"]}
+    for ours in ("redis", "embedded"):
+        ratios[f"enqueue_{ours}_vs_kitty_standin"] = per_s[ours] / per_s["kitty_standin"]
+        ratios[f"enqueue_{ours}_p99_vs_kitty_standin"] = p99s[ours] / p99s["kitty_standin"]
+        ratios[f"enqueue_{ours}_server_cpu_vs_kitty_standin"] = cpu_per[ours] / cpu_per["kitty_standin"]
+    for name in ("redis", "embedded", "kitty_standin"):
+        ratios[f"enqueue_{name}_vs_noop"] = per_s[name] / per_s["noop"]
+    return {"requests_per_s": {k: round(v, 1) for k, v in per_s.items()},
+            "p99_ms": {k: round(v * 1000, 2) for k, v in p99s.items()},
+            "server_cpu_ms_per_request": {k: round(v * 1000, 3) for k, v in cpu_per.items()},
+            "embedded_submit": flat, "ratios": ratios,
+            "size": {"requests_per_round": per_client * args.clients, "clients": args.clients,
+                     "rounds": args.rounds, "flat_jobs": args.flat}}
+
+
+def bench_warm_generate(root: Path, args) -> dict[str, Any]:
+    from kitty_coreml.install.smoke import create_smoke_model
+
+    env = _env(root / "warm-generate", KITTY_COREML_ENGINE="diffusers")
+    create_smoke_model(Settings.from_env(env))
+    argv = [KITTY, "generate", "a red cube", "--model", "smoke", "--steps", str(args.generate_steps), "--seed", "1",
+            "--compute-units", "cpuOnly", "--json"]
+    walls: list[float] = []
+    computes: list[float] = []
+    with listening([KITTY, "serve", "--port", "0"], env):  # announced in HOME/service.json: generate finds it
+        for index in range(args.rounds + 1):
+            started = time.perf_counter()
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            wall = time.perf_counter() - started
+            if done.returncode != 0:
+                raise SystemExit(f"warm_generate: generate failed: {done.stderr.strip()[-400:]}")
+            result = json.loads(done.stdout)
+            if not result["servedBy"]["warm"]:
+                raise SystemExit("warm_generate: generate was not served by the running kitty-coreml serve")
+            if index:  # the first call loads the model into the service's worker
+                walls.append(wall)
+                computes.append(float(result["timings"]["generate_s"]))
+    wall, compute = statistics.median(walls), statistics.median(computes)
+    return {"ms": {"generate_call": round(wall * 1000, 1), "engine_compute": round(compute * 1000, 1)},
+            "ratios": {"warm_generate_vs_engine_compute": wall / compute},
+            "size": {"calls": args.rounds, "steps": args.generate_steps, "model": "smoke"}}
 
 
 def main() -> None:
@@ -237,6 +364,10 @@ def main() -> None:
     parser.add_argument("--publish", type=int, default=40, help="images published per kind")
     parser.add_argument("--galleries", default="300,3000", help="gallery sizes (images) for /latest")
     parser.add_argument("--steps", type=int, default=4, help="steps of the warm-image comparison")
+    parser.add_argument("--enqueue", type=int, default=400, help="submissions per server per round")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients of the enqueue comparison")
+    parser.add_argument("--flat", type=int, default=2000, help="embedded submits per half of the flatness figure")
+    parser.add_argument("--generate-steps", type=int, default=20, help="steps of each warm `generate` call")
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run, comma-separated")
     args = parser.parse_args()
     args.galleries = [int(size) for size in args.galleries.split(",") if size.strip()]

@@ -5,8 +5,9 @@ exactly what is missing."""
 from __future__ import annotations
 
 import json
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ModelError
@@ -77,14 +78,61 @@ def _has(path: Path, name: str) -> bool:
     return (path / name).exists()
 
 
-def _unet_dirs(path: Path, stem: str) -> tuple[list[str], list[Path]]:
+class _Listing:
+    """A folder read in one listing instead of a stat per name asked about (the service resolves the model
+    on every submit). A name answers as a stat of it would: a dangling link is absent, and a name listed
+    in another case is asked of the file system (macOS's is usually case-insensitive)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.folders: dict[str, bool] = {}
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir() or entry.is_file():  # both follow links: a dangling one is neither
+                    self.folders[entry.name] = entry.is_dir()
+        self.folded = {name.lower() for name in self.folders}
+
+    def signature(self) -> tuple:
+        """What a reading of the folder depends on: its entries, and each model's metadata.json as stat
+        sees it (taken before the files are read, so that a write during the reading shows next time)."""
+        stamps = []
+        for name, is_dir in sorted(self.folders.items()):
+            if is_dir and name.endswith(".mlmodelc"):
+                try:
+                    found = os.stat(os.path.join(self.path, name, "metadata.json"))
+                    stamps.append((name, found.st_mtime_ns, found.st_size, found.st_ino))
+                except OSError:
+                    stamps.append((name, None))
+        return tuple(sorted(self.folders.items())), tuple(stamps)
+
+    def _listed(self, name: str) -> bool | None:
+        """Whether the name is a folder, or None when it does not exist."""
+        if name in self.folders:
+            return self.folders[name]
+        if name.lower() in self.folded and (self.path / name).exists():
+            return (self.path / name).is_dir()
+        return None
+
+    def __contains__(self, name: str) -> bool:
+        return self._listed(name) is not None
+
+    def is_dir(self, name: str) -> bool:
+        return bool(self._listed(name))
+
+
+def _unet_dirs(path: Path, present: _Listing, stem: str) -> tuple[list[str], list[Path]]:
     """(missing names, folders present) for a Unet that may come whole or in two chunks; chunks win."""
-    chunks = [path / f"{stem}Chunk1.mlmodelc", path / f"{stem}Chunk2.mlmodelc"]
-    if all(c.is_dir() for c in chunks):
-        return [], chunks
-    if (path / f"{stem}.mlmodelc").is_dir():
+    chunks = [f"{stem}Chunk1.mlmodelc", f"{stem}Chunk2.mlmodelc"]
+    if all(present.is_dir(chunk) for chunk in chunks):
+        return [], [path / chunk for chunk in chunks]
+    if present.is_dir(f"{stem}.mlmodelc"):
         return [], [path / f"{stem}.mlmodelc"]
     return [f"{stem}.mlmodelc (or {stem}Chunk1.mlmodelc + {stem}Chunk2.mlmodelc)"], []
+
+
+_READINGS: dict[Path, tuple[tuple, ResourceInfo]] = {}
+"""The last reading of each folder and its signature: a model is resolved several times per request (by the
+service on every submit, by the Studio provider per image), and reread only when its signature changes."""
 
 
 def inspect_resources(path: Path) -> ResourceInfo:
@@ -94,27 +142,38 @@ def inspect_resources(path: Path) -> ResourceInfo:
     if not path.is_dir():
         raise ModelError(f"resource folder {path} does not exist",
                          hint="install a model with `kitty-coreml install --model NAME` or fix the path")
+    present = _Listing(path)
+    signature = present.signature()
+    known = _READINGS.get(path.absolute())
+    if known is None or known[0] != signature:
+        known = _READINGS[path.absolute()] = signature, _read(path, present)
+    return replace(known[1], missing=list(known[1].missing))
+
+
+def _read(path: Path, present: _Listing) -> ResourceInfo:
     missing: list[str] = []
-    if _has(path, "MultiModalDiffusionTransformer.mlmodelc"):
+    meta = None
+    if "MultiModalDiffusionTransformer.mlmodelc" in present:
         family = "sd3"
         required = ["TextEncoder.mlmodelc", "TextEncoder2.mlmodelc", "VAEDecoder.mlmodelc"]
         denoiser = [path / "MultiModalDiffusionTransformer.mlmodelc"]
     else:
-        unet_missing, denoiser = _unet_dirs(path, "Unet")
+        unet_missing, denoiser = _unet_dirs(path, present, "Unet")
         missing += unet_missing
-        unet_inputs = _input_names(_metadata(denoiser[0])) if denoiser else set()
-        is_xl = _has(path, "TextEncoder2.mlmodelc") or {"time_ids", "text_embeds"} <= unet_inputs
+        meta = _metadata(denoiser[0]) if denoiser else None
+        is_xl = "TextEncoder2.mlmodelc" in present or {"time_ids", "text_embeds"} <= _input_names(meta)
         family = "sdxl" if is_xl else "sd"
         required = ["TextEncoder2.mlmodelc" if is_xl else "TextEncoder.mlmodelc", "VAEDecoder.mlmodelc"]
     required += ["vocab.json", "merges.txt"]
-    missing += [name for name in required if not _has(path, name)]
-    if family == "sd3" and _has(path, "TextEncoderT5.mlmodelc"):
-        missing += [n for n in ("tokenizer_config.json", "tokenizer.json") if not _has(path, n)]
+    missing += [name for name in required if name not in present]
+    if family == "sd3" and "TextEncoderT5.mlmodelc" in present:
+        missing += [n for n in ("tokenizer_config.json", "tokenizer.json") if n not in present]
 
     width = height = unet_batch = None
     attention = None
     if denoiser:
-        meta = _metadata(denoiser[0])
+        if family == "sd3":
+            meta = _metadata(denoiser[0])
         shape = _input_shape(meta, "sample") or _input_shape(meta, "latent_image_embeddings")
         if shape and len(shape) == 4:
             height, width = shape[2] * 8, shape[3] * 8
@@ -134,9 +193,9 @@ def inspect_resources(path: Path) -> ResourceInfo:
         width=width,
         height=height,
         attention=attention,
-        has_encoder=_has(path, "VAEEncoder.mlmodelc") and family != "sd3",
-        has_safety=_has(path, "SafetyChecker.mlmodelc"),
-        has_refiner=_has(path, "UnetRefiner.mlmodelc") or _has(path, "UnetRefinerChunk1.mlmodelc"),
+        has_encoder="VAEEncoder.mlmodelc" in present and family != "sd3",
+        has_safety="SafetyChecker.mlmodelc" in present,
+        has_refiner="UnetRefiner.mlmodelc" in present or "UnetRefinerChunk1.mlmodelc" in present,
         missing=missing,
         unet_batch=unet_batch,
     )

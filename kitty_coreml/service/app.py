@@ -105,7 +105,8 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="Needed when the service runs with KITTY_COREML_API_KEY set.")
 
-    def require_key(given: str | None = Depends(key_header)) -> None:
+    async def require_key(given: str | None = Depends(key_header)) -> None:
+        """Async: nothing here blocks, and a plain def would cost every request a trip to the thread pool."""
         if settings.api_key is None:
             return
         if not given:
