@@ -34,3 +34,26 @@ def test_missing_unet_named(tmp_path):
 def test_missing_folder(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         inspect_resources(tmp_path / "nothing")
+
+
+def test_a_folder_read_again_shows_what_changed_since(tmp_path):
+    """Readings are reused while nothing changed: a part removed or added, a Unet rewritten, a dangling
+    link, each shows on the next inspection."""
+    import json
+    import shutil
+
+    folder = make_resources(tmp_path / "m", encoder=True)
+    assert inspect_resources(folder).has_encoder and inspect_resources(folder).complete
+    shutil.rmtree(folder / "VAEEncoder.mlmodelc")
+    (folder / "merges.txt").unlink()
+    (folder / "merges.txt").symlink_to(tmp_path / "gone.txt")
+    changed = inspect_resources(folder)
+    assert not changed.has_encoder and changed.missing == ["merges.txt"]
+    changed.missing.append("a caller's own note")  # an answer is the caller's: the next one is unchanged
+    assert inspect_resources(folder).missing == ["merges.txt"]
+    metadata = folder / "Unet.mlmodelc" / "metadata.json"
+    described = json.loads(metadata.read_text())
+    described[0]["inputSchema"] = [dict(item, shape="[2, 4, 96, 64]") if item.get("name") == "sample" else item
+                                   for item in described[0]["inputSchema"]]
+    metadata.write_text(json.dumps(described))
+    assert (inspect_resources(folder).width, inspect_resources(folder).height) == (512, 768)
