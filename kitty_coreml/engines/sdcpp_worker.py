@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ..settings import SDCPP_WEIGHT_TYPES as WEIGHT_TYPES
 from .worker_runtime import Job, LineWriter, PythonWorker, RequestFailed, check_field, own_version, run_worker
 
 __all__ = ["main", "MODEL_SUFFIXES", "WEIGHT_TYPES", "SAMPLERS"]
 
 COMPUTE_UNITS = ("all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine")
 MODEL_SUFFIXES = (".gguf", ".safetensors", ".ckpt")
-WEIGHT_TYPES = ("file", "f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "q4_k", "q3_k", "q2_k")
-"""`file` keeps the types stored in the model file; the others convert the weights as they load."""
 SAMPLERS = {"dpmpp": ("dpm++2m", "discrete")}
 """Protocol scheduler -> (sd.cpp sample method, sd.cpp scheduler): the closest match of diffusers'
 DPMSolverMultistepScheduler. sd.cpp has no PNDM."""
@@ -157,9 +156,7 @@ class SdcppWorker(PythonWorker):
         family = check_field(message, "family", (str,), default=None, choices=("sd", "sdxl", "sd3"))
         weight_type = check_field(message, "weight_type", (str,), default="file", choices=WEIGHT_TYPES)
         check_field(message, "reduce_memory", (bool,), default=False)
-        if check_field(message, "safety", (bool,), default=False):
-            raise RequestFailed("load_failed", "safety: got true; stable-diffusion.cpp has no safety checker "
-                                               "(load with safety false)")
+        check_field(message, "safety", (bool,), default=False)  # sd.cpp has none: has_safety says so
         path = Path(model_path)
         if not path.is_absolute():
             raise RequestFailed("bad_request", f"model_path: got {model_path!r}; allowed: an absolute path")
