@@ -50,14 +50,15 @@ def smoke(
 @models_app.command("add")
 def add(
     name: str = typer.Argument(..., help="The name requests use, e.g. KITTY's sdxl_base."),
-    folder: str = typer.Argument(..., help="A Core ML resource folder (*.mlmodelc) or a diffusers pipeline "
-                                           "(model_index.json)."),
+    folder: str = typer.Argument(..., help="A Core ML resource folder (*.mlmodelc), a diffusers pipeline "
+                                           "(model_index.json), or one .gguf/.safetensors/.ckpt file (the "
+                                           "sdcpp engine)."),
     variant: bool = typer.Option(False, "--variant", help="Add FOLDER as another size of the registered "
                                                           "model NAME instead of replacing it."),
     make_default: bool = typer.Option(False, "--default", help="Make it the model used when a request names none."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Register a folder under a name (or, with --variant, as another size of a registered model)."""
+    """Register a model folder or file under a name (or, with --variant, as another size of a registered model)."""
     from pathlib import Path
 
     from ..models.registry import Registry, check_name, model_from_folder
