@@ -10,7 +10,8 @@ medians), printed as one JSON object:
   mock backend vs `python -c pass` and a minimal typer app;
 * enqueue: POST /api/images/generate from concurrent keep-alive clients into `kitty-coreml serve` with the
   embedded queue and with Redis, vs a do-nothing FastAPI endpoint and vs a stand-in of KITTY's submit (one
-  RQ enqueue; bench/standins.py), all under serve's uvicorn settings: requests/s and p99; and the embedded
+  RQ enqueue; bench/standins.py), all under serve's uvicorn settings: requests/s, p99 and each server's own
+  CPU per request (the clients share the machine: the CPU figure is the one they disturb least); and the embedded
   queue's submit itself, the first --flat jobs vs the next --flat (flat in queue length: a ratio near 1);
 * warm_generate: repeated `kitty-coreml generate` calls (new processes) while a `kitty-coreml serve` of the
   same home holds the diffusers smoke model warm, vs that engine's own compute per image (its generate_s).

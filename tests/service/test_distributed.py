@@ -16,6 +16,7 @@ def test_jobs_go_through_redis_to_a_worker(env, mock_env, service_factory, redis
         queued = [client.post("/api/images/generate", json={"prompt": f"remote {i}", "width": 64, "height": 64})
                   for i in range(3)]
         assert [a.status_code for a in queued] == [200] * 3
+        assert [a.json()["position"] for a in queued] == [1, 2, 3]  # the submit's answer knows it too
         ids = [a.json()["job_id"] for a in queued]
         assert [client.get(f"/api/images/jobs/{i}").json()["position"] for i in ids] == [1, 2, 3]
         cancelled = client.post(f"/api/images/jobs/{ids[2]}/cancel").json()
