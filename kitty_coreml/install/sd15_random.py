@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_random_sd15", "cached_random_sd15", "pipeline_from_file", "RANDOM_SD15_VERSION"]
+__all__ = ["build_random_sd15", "cached_random_sd15", "cached_path", "pipeline_from_file", "RANDOM_SD15_VERSION"]
 
 RANDOM_SD15_VERSION = 1
 """Part of the cached file's name: bump when the layout below changes."""
@@ -72,9 +72,13 @@ def build_random_sd15(target: Path) -> Path:
     return target
 
 
+def cached_path() -> Path:
+    return cache_dir() / f"random-sd15-v{RANDOM_SD15_VERSION}.safetensors"
+
+
 def cached_random_sd15() -> Path:
     """The machine's cached copy, built on first use."""
-    target = cache_dir() / f"random-sd15-v{RANDOM_SD15_VERSION}.safetensors"
+    target = cached_path()
     if not target.is_file():
         build_random_sd15(target)
     return target

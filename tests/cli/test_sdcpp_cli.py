@@ -116,3 +116,27 @@ def test_gguf_headers_give_the_family(tmp_path, kitty):
     truncated.write_bytes(sd.read_bytes()[:40])
     run = kitty("models", "add", "cut", str(truncated))
     assert run.returncode != 0 and "not a readable .gguf model file" in run.stderr
+
+
+@pytest.mark.parametrize("failure, said", [
+    ("raise ImportError(\"No module named 'stable_diffusion_cpp'\")", "stable-diffusion.cpp is not installed"),
+    ("raise OSError('libcudart.so.12: cannot open shared object file')", "its library does not load"),
+], ids=["not-installed", "library-missing"])
+def test_without_a_usable_sd_cpp_the_error_says_how_to_get_one(kitty, model_file, tmp_path, failure, said):
+    # a package of that name first on the path that fails to import, as a missing or broken install does
+    shadow = tmp_path / "shadow"
+    (shadow / "stable_diffusion_cpp").mkdir(parents=True)
+    (shadow / "stable_diffusion_cpp" / "__init__.py").write_text(failure + "\n")
+    run = kitty("generate", "x", "--model", str(model_file), "--width", "64", "--height", "64", "--cold",
+                extra_env={"PYTHONPATH": str(shadow)})
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    [line] = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert said in line and "kitty-coreml install --sdcpp" in line
+
+
+def test_models_smoke_sdcpp_registers_the_machines_random_sd15(kitty, model_file):
+    run = kitty("models", "smoke", "--sdcpp", "--json")
+    assert run.returncode == 0, run.stderr
+    assert (run.json["name"], run.json["format"], run.json["path"]) == ("smoke-sd15", "checkpoint", str(model_file))
+    listed = kitty("models", "list", "--json")
+    assert "smoke-sd15" in listed.stdout
