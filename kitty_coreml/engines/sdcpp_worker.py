@@ -182,14 +182,14 @@ class SdcppWorker(PythonWorker):
             raise RequestFailed("load_failed", f"compute_units: got 'cpuOnly'; this stable-diffusion.cpp build "
                                                f"computes on {build.gpu_devices[0].name} (sd.cpp chooses its "
                                                f"device when it starts; allowed: all, cpuAndGPU)")
-        self._check_memory(path, weight_type, build)
+        self._check_memory(path, weight_type)
         started = time.monotonic()
         mark, versions_before = len(callbacks.log_tail), len(callbacks.versions)
         model = self._construct(path, weight_type, callbacks, mark)
         version = callbacks.versions[-1] if len(callbacks.versions) > versions_before else "unknown"
         loaded_family = FAMILIES.get(version)
         if family is not None and loaded_family is not None and family != loaded_family:
-            self._free(model)
+            model.close()
             raise RequestFailed("load_failed", f"family: got {family!r}; {path.name} is {version} ({loaded_family})")
         size = NATIVE_SIZE.get(version, 512)
         backend = build.gpu_backends[0] if build.device != "cpu" else "CPU"
@@ -205,10 +205,12 @@ class SdcppWorker(PythonWorker):
         return reply
 
     @staticmethod
-    def _check_memory(path: Path, weight_type: str, build: Any) -> None:
+    def _check_memory(path: Path, weight_type: str) -> None:
         """A model that cannot fit is refused before sd.cpp tries: its own allocation failure is a log
         line and a NULL context, and on some backends an abort."""
-        where = _free_memory(build)
+        from .sdcpp_probe import probe
+
+        where = _free_memory(probe())  # free memory now, not when the worker started
         if where is None:
             return
         name, free, total = where
@@ -246,15 +248,11 @@ class SdcppWorker(PythonWorker):
                                                f"{' (' + said + ')' if said else ''}")
         return model
 
-    @staticmethod
-    def _free(model: Any) -> None:
-        model.close()
-
     def unload(self) -> None:
         if self.loaded is None:
             return
         loaded, self.loaded = self.loaded, None
-        self._free(loaded.model)
+        loaded.model.close()
 
     def generate(self, job: Job) -> dict[str, Any]:
         message = job.message
