@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,6 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import make_resources, write_fake_binary
+
+# A suite started in the background of a script (`bash .ci/run &`) inherits SIGINT ignored, as POSIX
+# shells leave it for background jobs, and every process the tests start would inherit that too: the
+# Ctrl-C tests would then send a signal nobody hears. The suite takes SIGINT as a terminal session does.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 BIN_DIR = Path(sys.executable).parent
 KITTY = str(BIN_DIR / "kitty-coreml")
