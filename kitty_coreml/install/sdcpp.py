@@ -229,7 +229,7 @@ class _BuildOutput(Reporter):
 
 # pip's own framing around a failed build: it says that the build failed, never why.
 _PIP_FRAMING = re.compile(r"^(error: [a-z-]+$|note: |hint: |[×│╰]|ERROR: Failed|ERROR: Could not build|Failed to build|"
-                          r"exit code:|full command:|cwd:)")
+                          r"exit code:|full command:|cwd:|.*: finished with status ')")
 _TROUBLE = re.compile(r"error|not found|could not find|could be found|no such file|cannot find", re.IGNORECASE)
 
 
@@ -270,11 +270,7 @@ class SdcppStep(Step):
         if build is None:
             self._installed_wrong = _distribution_version() is not None
             return [f"{why_not} (in {sys.executable})"]
-        from packaging.requirements import Requirement
-
-        wanted = Requirement(self.spec)
-        if wanted.name.replace("_", "-").lower() == DISTRIBUTION and not wanted.specifier.contains(
-                build.package_version, prereleases=True):
+        if not _satisfies(self.spec, build.package_version):
             return [f"{DISTRIBUTION} {build.package_version} is installed; kitty-coreml needs {self.spec}"]
         if self.choice.backend not in build.backends:
             self._installed_wrong = True
@@ -341,6 +337,20 @@ class SdcppStep(Step):
         needs += {"CUDA": ["the CUDA toolkit (nvcc) matching the NVIDIA driver"],
                   "Vulkan": ["the Vulkan SDK (glslc)"], "ROCm": ["ROCm's HIP SDK"]}.get(self.choice.backend, [])
         return f"install {', '.join(needs)}, then run `kitty-coreml install --sdcpp` again"
+
+
+def _satisfies(spec: str, version: str) -> bool:
+    """Whether `version` meets a requirement such as the extra's; a path or URL (a local checkout) is
+    taken as meant for whatever is installed."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        wanted = Requirement(spec)
+    except InvalidRequirement:
+        return True
+    if wanted.url or wanted.name.replace("_", "-").lower() != DISTRIBUTION:
+        return True
+    return wanted.specifier.contains(version, prereleases=True)
 
 
 def _distribution_version() -> str | None:
