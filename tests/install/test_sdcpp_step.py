@@ -262,3 +262,52 @@ def test_a_failed_build_quotes_cmake_and_says_what_to_install(tmp_path, mode):
         assert progress[0]["task"] == "build stable-diffusion.cpp" and isinstance(progress[0]["elapsed_s"], int)
     build, why_not = probe_fresh()
     assert why_not is None and "CPU" in build.backends, "the installed build is untouched"
+
+
+SLOW_BACKEND = '''import os, subprocess, sys
+from pathlib import Path
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    compiler = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    Path(os.environ["COMPILER_PID"]).write_text(str(compiler.pid))
+    print("[1/90] Building CXX object ggml.o", flush=True)
+    compiler.wait()
+'''
+
+INTERRUPTED_STEP = """import os, sys
+from kitty_coreml.install.progress import Reporter
+from kitty_coreml.install.sdcpp import SdcppStep
+from kitty_coreml.settings import Settings
+step = SdcppStep(Settings.from_env({"KITTY_COREML_HOME": sys.argv[1]}), spec=sys.argv[2])
+try:
+    step.run(Reporter("plain"))
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_during_the_build_leaves_no_compiler_running(tmp_path):
+    """A SIGINT that reaches kitty-coreml alone (not the terminal's whole group) still ends pip's build
+    and what it started below it."""
+    import signal
+
+    from tests.proc_utils import read_pid, wait_gone
+
+    project = _failing_project(tmp_path)
+    (project / "backend" / "failing_cmake.py").write_text(SLOW_BACKEND)
+    folder = tmp_path / "bin"
+    fake_nvidia_smi(folder, "no-device")
+    pid_file = tmp_path / "compiler.pid"
+    env = {**clean_env(), "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "COMPILER_PID": str(pid_file)}
+    env["PATH"] = f"{folder}{os.pathsep}{env['PATH']}"
+    env.pop("CMAKE_ARGS", None)
+    driver = subprocess.Popen([sys.executable, "-c", INTERRUPTED_STEP, str(tmp_path / "home"), str(project)], env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        compiler = read_pid(pid_file, timeout=120)
+        driver.send_signal(signal.SIGINT)
+        assert driver.wait(timeout=60) == 130, driver.stderr.read()
+        wait_gone(compiler)
+    finally:
+        driver.kill()
+        driver.wait()
