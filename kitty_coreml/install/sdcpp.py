@@ -161,7 +161,8 @@ def choose_build(facts: MachineFacts) -> BuildChoice:
         why = (f"{gpu} but nvcc at {facts.nvcc} does not run" if facts.nvcc else
                f"{gpu} but no nvcc: install the CUDA toolkit for a CUDA build")
     elif nvcc:
-        why = f"{nvcc} but no NVIDIA GPU ({'nvidia-smi: ' + facts.gpu_problem if facts.gpu_problem else 'no nvidia-smi'})"
+        smi = f"nvidia-smi: {facts.gpu_problem}" if facts.gpu_problem else "no nvidia-smi"
+        why = f"{nvcc} but no NVIDIA GPU ({smi})"
     else:
         why = "no CUDA toolkit (nvcc) and no NVIDIA GPU found"
     return BuildChoice("CPU", "", why, from_user=False)
@@ -224,12 +225,13 @@ class _BuildOutput(Reporter):
         counter = _NINJA_COUNTER.match(text)
         if self.mode == "ndjson" and counter:
             self.event({"event": "progress", "task": "build stable-diffusion.cpp", "done": int(counter[1]),
-                        "total": int(counter[2]), "unit": "build steps", "elapsed_s": round(time.monotonic() - self.started)})
+                        "total": int(counter[2]), "unit": "build steps",
+                        "elapsed_s": round(time.monotonic() - self.started)})
 
 
 # pip's own framing around a failed build: it says that the build failed, never why.
-_PIP_FRAMING = re.compile(r"^(error: [a-z-]+$|note: |hint: |[×│╰]|ERROR: Failed|ERROR: Could not build|Failed to build|"
-                          r"exit code:|full command:|cwd:|.*: finished with status ')")
+_PIP_FRAMING = re.compile(r"^(error: [a-z-]+$|note: |hint: |[×│╰]|ERROR: Failed|ERROR: Could not build|"
+                          r"Failed to build|exit code:|full command:|cwd:|.*: finished with status ')")
 _TROUBLE = re.compile(r"error|not found|could not find|could be found|no such file|cannot find", re.IGNORECASE)
 
 
@@ -258,30 +260,31 @@ class SdcppStep(Step):
         self.spec = spec or requirement()
         self.choice = choose_build(read_machine(self.env))
         self.title = f"build stable-diffusion.cpp for {self.choice.label}"
-        self._installed_wrong = False
 
     @property
     def log_path(self) -> Path:
         return self.settings.home / "logs" / "sdcpp-build.log"
 
-    def problems(self) -> list[str]:
+    def _assess(self) -> tuple[list[str], bool]:
+        """(what is wrong, whether an installed package must be replaced rather than upgraded: one that
+        does not load, or is built without the planned backend)."""
         build, why_not = probe_fresh(self.env)
-        self._installed_wrong = False
         if build is None:
-            self._installed_wrong = _distribution_version() is not None
-            return [f"{why_not} (in {sys.executable})"]
+            return [f"{why_not} (in {sys.executable})"], _distribution_version() is not None
         if not _satisfies(self.spec, build.package_version):
-            return [f"{DISTRIBUTION} {build.package_version} is installed; kitty-coreml needs {self.spec}"]
+            return [f"{DISTRIBUTION} {build.package_version} is installed; kitty-coreml needs {self.spec}"], False
         if self.choice.backend not in build.backends:
-            self._installed_wrong = True
             built = ", ".join(backend_label(name) for name in build.backends)
             return [f"the installed stable-diffusion.cpp {build.package_version} is built for {built}, "
-                    f"not {self.choice.label} ({self.choice.reason})"]
-        return []
+                    f"not {self.choice.label} ({self.choice.reason})"], True
+        return [], False
 
-    def _command(self) -> list[str]:
+    def problems(self) -> list[str]:
+        return self._assess()[0]
+
+    def _command(self, replace: bool) -> list[str]:
         argv = [sys.executable, "-m", "pip", "install", "--verbose"]  # --verbose: CMake's lines as progress
-        if self._installed_wrong:
+        if replace:
             # The package is there (so is its one dependency, pillow, which kitty-coreml needs too): rebuild
             # it alone, and not from pip's wheel cache, which would hand back the same wrong build.
             argv += ["--force-reinstall", "--no-deps", "--no-cache-dir"]
@@ -298,15 +301,14 @@ class SdcppStep(Step):
         return env
 
     def plan(self) -> dict[str, Any]:
-        self.problems()
-        return {"python": sys.executable, "requirement": self.spec, "backend": self.choice.label,
-                "cmake_args": self.choice.cmake_args, "cmake_args_from": "user" if self.choice.from_user else "machine",
-                "reason": self.choice.reason, "env": {"CMAKE_ARGS": self.choice.cmake_args} if self.choice.cmake_args
-                else {}, "commands": [self._command()]}
+        choice = self.choice
+        return {"python": sys.executable, "requirement": self.spec, "backend": choice.label,
+                "cmake_args": choice.cmake_args, "cmake_args_from": "user" if choice.from_user else "machine",
+                "reason": choice.reason, "env": {"CMAKE_ARGS": choice.cmake_args} if choice.cmake_args else {},
+                "commands": [self._command(replace=self._assess()[1])]}
 
     def run(self, reporter: Reporter) -> str:
-        self.problems()
-        argv = self._command()
+        argv = self._command(replace=self._assess()[1])
         chosen = "your CMAKE_ARGS win" if self.choice.from_user else "chosen for this machine"
         reporter.line(f"  building {self.spec} for {self.choice.label} with "
                       f"CMAKE_ARGS={self.choice.cmake_args or '(none)'} ({chosen}: {self.choice.reason}); "
