@@ -98,6 +98,8 @@ def choose_engine(request: GenerationRequest, settings: Settings, model: ModelIn
             return "mock"
         if model.format == "diffusers":
             return "diffusers"
+        if model.format == "checkpoint":  # only stable-diffusion.cpp loads single model files here
+            return "sdcpp"
         if settings.sample_bin is None:
             reason = coreml_unavailable_reason()
             if reason:
@@ -108,7 +110,7 @@ def choose_engine(request: GenerationRequest, settings: Settings, model: ModelIn
         if prefer_warm and (settings.worker_bin or settings.bin_dir / "kitty-coreml-worker").is_file():
             return "coreml-worker"
         return "sample"
-    needs = {"sample": "coreml", "coreml-worker": "coreml", "diffusers": "diffusers"}.get(wanted)
+    needs = {"sample": "coreml", "coreml-worker": "coreml", "diffusers": "diffusers", "sdcpp": "checkpoint"}.get(wanted)
     if needs and model.format != needs:
         raise ModelError(f"engine {wanted!r} needs a {needs} model; model {model.name!r} is {model.format}",
                          hint="pick a matching --model or --engine")
@@ -133,6 +135,12 @@ def _sized(request: GenerationRequest, model: ModelInfo) -> tuple[ModelInfo, lis
     if model.format == "procedural":
         return model, []
     width, height = target_size(request, model)
+    if model.format == "checkpoint":  # stable-diffusion.cpp makes any size in steps of 64
+        for name, value in (("width", width), ("height", height)):
+            if value % 64:
+                raise InvalidRequest(name, value, f"a multiple of 64 in 64..2048 for the single-file model "
+                                                  f"{model.name!r} (stable-diffusion.cpp)")
+        return replace(model, width=width, height=height), []
     model = apply_variant(model, pick_variant(model, width, height))
     if (model.width, model.height) == (width, height):
         return model, []
@@ -209,6 +217,10 @@ def resolve(request: GenerationRequest, settings: Settings, *, prefer_warm: bool
     name = engine_name or choose_engine(request, settings, model, prefer_warm=prefer_warm)
     compute_units = request.compute_units or default_compute_units(model)
     warnings += _check(request, model, compute_units) + _refiner_warnings(request, model)
+    if model.format == "checkpoint" and request.scheduler == "pndm":
+        # the default sampler everywhere else; stable-diffusion.cpp has none, so say what ran instead
+        request = replace(request, scheduler="dpmpp")
+        warnings.append("stable-diffusion.cpp has no PNDM sampler: ran dpmpp (DPM++ 2M) instead")
     seed, run_id = resolve_seed(request.prompt, request.seed, request.run_id)
     resolved = replace(request, seed=seed, run_id=run_id, compute_units=compute_units,
                        timeout_s=request.timeout_s or settings.timeout_s)
@@ -365,6 +377,8 @@ def generate(request: GenerationRequest, settings: Settings, *, engine: Engine |
         for index, data in images:
             key = new_key(settings.prefix)
             sidecar = _sidecar(resolved, job.model, output.engine, index, key, width, height, timings, warnings)
+            if output.details:
+                sidecar["engineDetails"] = output.details
             texts = {
                 "parameters": a1111_parameters(
                     prompt=resolved.prompt, negative_prompt=resolved.negative_prompt, steps=resolved.steps,

@@ -24,14 +24,14 @@ SHARED_GENERATOR_ENGINES = ("sample", "coreml-worker")
 
 def seed_record(*, engine: str, seed: int, index: int, count: int) -> dict[str, Any]:
     """What reproduces image `index` of a request of `count` images: with Apple's engines only the same
-    request (one generator draws image 0, then 1, ...: image i is not seed + i); with diffusers a
-    request of one image with seed + index; the mock engine seeds each image from prompt, run id, index."""
+    request (one generator draws image 0, then 1, ...: image i is not seed + i); with diffusers and
+    stable-diffusion.cpp a request of one image with seed + index; the mock engine seeds each image from prompt, run id, index."""
     if engine in SHARED_GENERATOR_ENGINES:
         generator, reproduce = "shared", f"the same request: seed {seed}, count {count}, image {index}"
         image_seed = seed
-    elif engine == "diffusers":
-        generator, reproduce = "per-image", f"one image with seed {seed + index}"
-        image_seed = seed + index
+    elif engine in ("diffusers", "sdcpp"):
+        generator, reproduce = "per-image", f"one image with seed {(seed + index) % 2**32}"
+        image_seed = (seed + index) % 2**32
     else:
         generator, reproduce = "per-image", f"the same prompt and run id, image {index}"
         image_seed = seed

@@ -17,7 +17,8 @@ from .errors import ConfigError
 
 __all__ = ["Settings", "StudioSettings", "parse_bool", "ENGINE_NAMES", "PROGRESS_MODES", "STUDIO_BACKENDS"]
 
-ENGINE_NAMES = ("auto", "sample", "coreml-worker", "diffusers", "mock")
+ENGINE_NAMES = ("auto", "sample", "coreml-worker", "diffusers", "sdcpp", "mock")
+SDCPP_WEIGHT_TYPES = ("file", "f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "q4_k", "q3_k", "q2_k")
 PROGRESS_MODES = ("auto", "bar", "plain", "ndjson", "none")
 ML_SD_COMMIT = "e12202c1f6405b83918b58a5d097cd61e3e1f702"
 """The ml-stable-diffusion commit every build and the Swift worker's Package.swift pin."""
@@ -182,6 +183,10 @@ class Settings(BaseModel):
     worker_lease_s: float = 30.0
     """KITTY_COREML_WORKER_LEASE_S: a Redis worker renews its hold on a running job this often (x 1/4); a job
     not renewed for this long belongs to a dead worker and is run again (once), then failed."""
+    # stable-diffusion.cpp (sdcpp)
+    sdcpp_weights: str = "file"
+    """KITTY_COREML_SDCPP_WEIGHTS: the weight type sd.cpp converts a model to as it loads (q8_0 and q4_0
+    halve and quarter the memory of f16); `file` keeps what the file stores."""
 
     @field_validator("home")
     @classmethod
@@ -296,6 +301,9 @@ class Settings(BaseModel):
             redis_timeout_s=_number("KITTY_COREML_REDIS_TIMEOUT_S", get("KITTY_COREML_REDIS_TIMEOUT_S"), 2.0, 0.1),
             s3_timeout_s=_number("KITTY_COREML_S3_TIMEOUT_S", get("KITTY_COREML_S3_TIMEOUT_S"), 60.0, 0.1),
             worker_lease_s=_number("KITTY_COREML_WORKER_LEASE_S", get("KITTY_COREML_WORKER_LEASE_S"), 30.0, 2),
+            # stable-diffusion.cpp (sdcpp)
+            sdcpp_weights=_choice("KITTY_COREML_SDCPP_WEIGHTS", get("KITTY_COREML_SDCPP_WEIGHTS"),
+                                  SDCPP_WEIGHT_TYPES, "file"),
         )
 
 

@@ -30,7 +30,8 @@ FLAGS = {"prompt": "PROMPT", "negative_prompt": "--negative", "count": "--count"
          "guidance": "--guidance", "scheduler": "--scheduler", "compute_units": "--compute-units",
          "seed": "--seed", "run_id": "--run-id", "input_image": "--image", "strength": "--strength",
          "safety": "--safety", "reduce_memory": "--reduce-memory", "timeout_s": "--timeout",
-         "engine": "--engine", "model": "--model", "limit": "--limit", "port": "--port",
+         "engine": "--engine", "model": "--model", "width": "--width", "height": "--height",
+         "limit": "--limit", "port": "--port",
          "prompts_file": "PROMPTS_FILE"}
 
 

@@ -36,7 +36,10 @@ SAFETY = typer.Option(True, "--safety/--no-safety", help="Run the model's safety
 REDUCE_MEMORY = typer.Option(False, "--reduce-memory", help="Load models on demand to lower peak memory.")
 TIMEOUT = typer.Option(None, "--timeout", help="Seconds before the engine is killed (default 900).")
 ENGINE = typer.Option(None, "--engine", help="Which engine generates; default: auto (KITTY_COREML_ENGINE).")
-MODEL = typer.Option(None, "--model", help="Installed model name or a model folder.")
+MODEL = typer.Option(None, "--model", help="Installed model name, a model folder or a .gguf/.safetensors file.")
+WIDTH = typer.Option(None, "--width", help="Image width, a multiple of 8 (64 for single-file models); "
+                                           "default: the model's own.")
+HEIGHT = typer.Option(None, "--height", help="Image height, like --width; default: the model's own.")
 JSON = typer.Option(False, "--json", help="Print one JSON object instead of text.")
 
 
@@ -54,7 +57,7 @@ def build_request(prompt: str, **options: Any):
         compute_units=_name(options["compute_units"]), seed=options["seed"], run_id=options["run_id"],
         input_image=options["image"], strength=options["strength"], safety=options["safety"],
         reduce_memory=options["reduce_memory"], timeout_s=options["timeout"], engine=_name(options["engine"]),
-        model=options["model"],
+        model=options["model"], width=options.get("width"), height=options.get("height"),
     )
 
 
@@ -101,6 +104,8 @@ def generate(
     timeout: Optional[float] = TIMEOUT,
     engine: Optional[EngineName] = ENGINE,
     model: Optional[str] = MODEL,
+    width: Optional[int] = WIDTH,
+    height: Optional[int] = HEIGHT,
     as_json: bool = JSON,
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the resolved request and engine "
                                                           "command; launch nothing."),
@@ -124,7 +129,8 @@ def generate(
 
     options = dict(negative=negative, count=count, steps=steps, guidance=guidance, scheduler=scheduler,
                    compute_units=compute_units, seed=seed, run_id=run_id, image=image, strength=strength,
-                   safety=safety, reduce_memory=reduce_memory, timeout=timeout, engine=engine, model=model)
+                   safety=safety, reduce_memory=reduce_memory, timeout=timeout, engine=engine, model=model,
+                   width=width, height=height)
     try:
         settings = load_settings()
         request = build_request(prompt, **options)

@@ -11,7 +11,8 @@ import typer
 from .app import app
 
 # The packages whose versions explain a behaviour; a missing one (an extra not installed) is None.
-PACKAGES = ("typer", "pydantic", "torch", "diffusers", "transformers", "huggingface-hub", "fastapi", "rq")
+PACKAGES = ("typer", "pydantic", "torch", "diffusers", "transformers", "huggingface-hub", "fastapi", "rq",
+            "stable-diffusion-cpp-python")
 
 
 def installed_version(package: str) -> str | None:

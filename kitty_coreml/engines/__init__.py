@@ -1,5 +1,6 @@
 """Engines behind one small protocol (base.py): sample (Apple's binary, one process per request),
-coreml-worker (swift_bridge, warm), diffusers (portable torch worker, warm) and mock (procedural)."""
+coreml-worker (swift_bridge, warm), diffusers (portable torch worker, warm), sdcpp (stable-diffusion.cpp
+worker for single model files, warm) and mock (procedural)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,17 @@ def create_engine(name: str, settings: Settings) -> Engine:
 
         return WorkerEngine([sys.executable, "-m", "kitty_coreml.engines.diffusers_worker"],
                             name="diffusers", idle_unload_s=settings.idle_unload_s)
+    if name == "sdcpp":
+        from .sdcpp_probe import unavailable_reason
+        from .worker import WorkerEngine
+
+        reason = unavailable_reason()
+        if reason:
+            raise InstallError(f"the sdcpp engine cannot run: {reason}",
+                               hint="run `kitty-coreml install --sdcpp` (it builds stable-diffusion.cpp for this "
+                                    "machine's GPU) or `pip install 'kitty-coreml[sdcpp]'`")
+        return WorkerEngine([sys.executable, "-m", "kitty_coreml.engines.sdcpp_worker"], name="sdcpp",
+                            idle_unload_s=settings.idle_unload_s, load_options={"weight_type": settings.sdcpp_weights})
     if name == "coreml-worker":
         from .worker import WorkerEngine
 
@@ -58,4 +70,4 @@ def create_engine(name: str, settings: Settings) -> Engine:
             raise InstallError(f"the Core ML worker {binary} is not built",
                                hint="run `kitty-coreml install` (it builds swift_bridge) or set KITTY_COREML_WORKER_BIN")
         return WorkerEngine([str(binary)], name="coreml-worker", idle_unload_s=settings.idle_unload_s)
-    raise ConfigError(f"engine: got {name!r}; allowed: sample, coreml-worker, diffusers, mock, auto")
+    raise ConfigError(f"engine: got {name!r}; allowed: sample, coreml-worker, diffusers, sdcpp, mock, auto")

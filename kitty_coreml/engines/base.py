@@ -67,6 +67,9 @@ class EngineOutput:
     log_tail: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     """What the engine says the user should know (a prompt cut to the text encoder's tokens)."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """The library, version, backend, device and sampler names behind the images, where the engine says
+    (sdcpp); kept in each image's metadata as engineDetails."""
 
 
 class Engine(Protocol):

@@ -33,6 +33,8 @@ __all__ = ["WorkerEngine"]
 
 _POLL_S = 0.1
 _STDERR_LINES = 40
+_FORMATS = {"sdcpp": "checkpoint"}
+"""A worker's engine name (hello) -> the model format it loads, where the two differ."""
 _LIVE: set[subprocess.Popen] = set()
 """Every worker process any WorkerEngine started and has not yet reaped: killed at interpreter exit."""
 _LIVE_LOCK = threading.Lock()
@@ -73,6 +75,9 @@ class _Worker:
         self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.stderr_tail: deque[str] = deque(maxlen=_STDERR_LINES)
         self.loaded_key: tuple | None = None
+        self.load_details: dict[str, Any] = {}
+        self.result_details: dict[str, Any] = {}
+        """What the worker said of the library, device and sampler behind its last result (sdcpp)."""
         self.hello: dict[str, Any] = {}
         self._stdout_reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
@@ -146,7 +151,8 @@ class WorkerEngine:
     is killed. shutdown_grace_s: the same for a shutdown."""
 
     def __init__(self, command: list[str], *, name: str, idle_unload_s: float, env: dict[str, str] | None = None,
-                 cancel_grace_s: float = 10.0, shutdown_grace_s: float = 5.0):
+                 cancel_grace_s: float = 10.0, shutdown_grace_s: float = 5.0,
+                 load_options: dict[str, Any] | None = None):
         if not command:
             raise ValueError("command: an argv list with at least the program")
         self.command = [str(part) for part in command]
@@ -155,6 +161,8 @@ class WorkerEngine:
         self.env = env
         self.cancel_grace_s = cancel_grace_s
         self.shutdown_grace_s = shutdown_grace_s
+        self.load_options = dict(load_options or {})
+        """Fields every load carries beyond the protocol's own (the sdcpp worker's weight_type)."""
         self._worker: _Worker | None = None
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
@@ -189,7 +197,8 @@ class WorkerEngine:
                 images, warnings = self._generate(worker, job, on_progress, cancel, deadline)
                 timings["generate_s"] = time.monotonic() - started
                 return EngineOutput(engine=self.name, images=images, timings=timings,
-                                    log_tail=list(worker.stderr_tail), warnings=warnings)
+                                    log_tail=list(worker.stderr_tail), warnings=warnings,
+                                    details=dict(worker.result_details))
             finally:
                 self._arm_idle_timer()
 
@@ -225,7 +234,7 @@ class WorkerEngine:
     def _ensure_loaded(self, worker: _Worker, job: EngineJob, on_progress: ProgressCallback,
                        cancel: CancelToken, deadline: float) -> None:
         model = job.model
-        engine_format = worker.hello.get("engine")
+        engine_format = _FORMATS.get(worker.hello.get("engine"), worker.hello.get("engine"))
         if model.path is None or model.format != engine_format:
             raise ModelError(f"model {model.name!r} is a {model.format} model; the {self.name} engine runs "
                              f"{engine_format} models",
@@ -235,10 +244,12 @@ class WorkerEngine:
             return
         on_progress(ProgressEvent("loading", message=f"loading {model.name} on {job.compute_units}"))
         worker.loaded_key = None
-        self._exchange(worker, {"type": "load", "model_path": str(model.path), "compute_units": job.compute_units,
+        reply = self._exchange(worker, {"type": "load", "model_path": str(model.path), "compute_units": job.compute_units,
                                 "family": model.family, "reduce_memory": job.request.reduce_memory,
-                                "safety": job.request.safety}, on_progress, cancel, deadline, doing="loading")
+                                "safety": job.request.safety, **self.load_options},
+                       on_progress, cancel, deadline, doing="loading")
         worker.loaded_key = key
+        worker.load_details = reply.get("details") or {}
 
     def _generate(self, worker: _Worker, job: EngineJob, on_progress: ProgressCallback, cancel: CancelToken,
                   deadline: float) -> tuple[list[EngineImage], list[str]]:
@@ -250,6 +261,8 @@ class WorkerEngine:
         }
         if job.input_image is not None:
             message.update(input_image=str(Path(job.input_image).absolute()), strength=request.effective_strength)
+        if "any" in worker.hello.get("sizes", ()):  # the worker makes the size asked, not only its model's own
+            message.update(width=job.model.width, height=job.model.height)
         on_progress(ProgressEvent("sampling", images=request.count))
         reply = self._exchange(worker, message, on_progress, cancel, deadline, doing="generating")
         paths = reply.get("images")
@@ -262,6 +275,9 @@ class WorkerEngine:
                 raise EngineError(f"the {self.name} worker wrote {path} outside the run folder {output_dir}")
             images.append(EngineImage(index=index, path=Path(path) if path is not None else None))
         on_progress(ProgressEvent("saved", images=sum(1 for image in images if image.path is not None)))
+        details = reply.get("details")
+        if isinstance(details, dict):
+            worker.result_details = {**worker.load_details, **details}
         return images, [warning for warning in reply.get("warnings") or [] if isinstance(warning, str)]
 
     def _exchange(self, worker: _Worker, message: dict[str, Any], on_progress: ProgressCallback,

@@ -15,7 +15,8 @@ __all__ = ["ModelInfo", "CatalogEntry", "CATALOG", "MOCK_MODEL"]
 class ModelInfo:
     name: str
     format: str
-    """coreml (a compiled resource folder), diffusers (a diffusers pipeline folder) or procedural."""
+    """coreml (a compiled resource folder), diffusers (a diffusers pipeline folder), checkpoint (one
+    .gguf/.safetensors/.ckpt file, for the sdcpp engine) or procedural."""
     path: Path | None
     family: str = "sd"
     width: int = 512

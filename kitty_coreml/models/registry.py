@@ -15,6 +15,7 @@ from ..atomic import write_json
 from ..errors import ConfigError, InvalidRequest, ModelError
 from ..resources import inspect_resources, looks_like_coreml
 from .catalog import CATALOG, MOCK_MODEL, ModelInfo
+from .checkpoint import CHECKPOINT_SUFFIXES, checkpoint_model
 from .variants import Variant
 
 __all__ = ["check_name", "Registry", "resolve_model", "model_from_folder", "read_models_yaml", "KITTY_NAMES", "known_names"]
@@ -39,9 +40,16 @@ def check_name(name: str) -> str:
     return name
 
 
-def model_from_folder(path: Path, name: str | None = None) -> ModelInfo:
-    """A ModelInfo for a folder: Core ML resources (read with resources.py) or a diffusers pipeline."""
+def model_from_folder(path: Path, name: str | None = None, family: str | None = None) -> ModelInfo:
+    """A ModelInfo for a folder (Core ML resources, read with resources.py, or a diffusers pipeline) or a
+    single model file for the sdcpp engine (.gguf, .safetensors, .ckpt; `family` is the registered one,
+    for a file that cannot say)."""
     path = Path(path).expanduser().absolute()
+    if path.is_file():
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise ModelError(f"{path} is a file but not a model file: allowed are folders and "
+                             f"{', '.join(CHECKPOINT_SUFFIXES)} files")
+        return checkpoint_model(path, name or path.stem, family)
     if looks_like_coreml(path):
         info = inspect_resources(path)
         if info.width is None or info.height is None:
@@ -54,7 +62,7 @@ def model_from_folder(path: Path, name: str | None = None) -> ModelInfo:
         return _diffusers_model(path, name or path.name)
     if path.is_dir():
         raise ModelError(f"{path} is neither a Core ML resource folder (*.mlmodelc) nor a diffusers "
-                         "pipeline (model_index.json)")
+                         f"pipeline (model_index.json); single-file models are {', '.join(CHECKPOINT_SUFFIXES)} files")
     raise ModelError(f"model folder {path} does not exist",
                      hint="install a model with `kitty-coreml install --model NAME`")
 
@@ -131,7 +139,7 @@ class Registry:
         entry = self.read()["models"].get(name)
         if entry is None:
             return None
-        model = model_from_folder(Path(entry["path"]), name)
+        model = model_from_folder(Path(entry["path"]), name, entry.get("family"))
         variants = tuple(Variant.from_dict(item) for item in entry.get("variants", ()))
         return replace(model, variants=variants) if variants else model
 
@@ -211,7 +219,7 @@ def resolve_model(name_or_path: str | None, *, registry: Registry, default_model
             found = registry.get(target)
             if found is not None:
                 return found
-        if os.sep in wanted or wanted.startswith((".", "~")) or Path(wanted).expanduser().is_dir():
+        if os.sep in wanted or wanted.startswith((".", "~")) or Path(wanted).expanduser().exists():
             return model_from_folder(Path(wanted))
         names = ", ".join(known_names(registry, models_yaml)) or "none"
         if wanted in KITTY_NAMES:

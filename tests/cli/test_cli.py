@@ -106,7 +106,7 @@ def test_bad_environment_is_one_line(kitty):
     run = kitty("generate", "a cube", extra_env={"KITTY_COREML_ENGINE": "turbo"})
     assert run.returncode == 2
     assert run.stderr == ("kitty-coreml: error: KITTY_COREML_ENGINE: got 'turbo'; allowed: auto, sample, "
-                          "coreml-worker, diffusers, mock\n")
+                          "coreml-worker, diffusers, sdcpp, mock\n")
 
 
 def test_json_errors_are_json(kitty):

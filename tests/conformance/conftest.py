@@ -1,5 +1,6 @@
 """The conformance suite runs against every worker there is here: the diffusers worker with the smoke
-model and the double of the Swift worker (tests/fakes/coreml_worker.py, on a fake resource folder)
+model, the double of the Swift worker (tests/fakes/coreml_worker.py, on a fake resource folder) and
+the stable-diffusion.cpp worker with a random-weight SD 1.5 model (built once per machine, cached)
 always; on a Mac with KITTY_COREML_LIVE=1 also the Swift worker (KITTY_COREML_WORKER_BIN) on the Core ML
 resource folder in KITTY_COREML_RESOURCE_PATH."""
 
@@ -11,12 +12,13 @@ import pytest
 
 from tests.conformance.harness import WorkerSession, WorkerTarget, smoke_model_path
 from tests.fakes import FAKE_WORKER_SCRIPT, make_resources
+from kitty_coreml.install.sd15_random import cached_random_sd15
 from kitty_coreml.settings import Settings
 
 
 def _targets() -> list[str]:
     settings = Settings.from_env()
-    names = ["diffusers", "coreml-double"]
+    names = ["diffusers", "coreml-double", "sdcpp"]
     if settings.live and settings.worker_bin is not None:
         names.append("coreml")
     return names
@@ -32,6 +34,11 @@ def target(request, tmp_path_factory) -> WorkerTarget:
         argv = ["env", "FAKE_SD_STEP_DELAY=0.01", sys.executable, str(FAKE_WORKER_SCRIPT)]
         model = make_resources(tmp_path_factory.mktemp("coreml-double") / "sd", width=64, height=64, encoder=True)
         return WorkerTarget("coreml-double", argv, model, "cpuAndGPU", steps=150)
+    if request.param == "sdcpp":
+        # the real stable-diffusion.cpp on a random-weight SD 1.5 model, at 64x64: about 0.5 s a step here
+        return WorkerTarget("sdcpp", [sys.executable, "-m", "kitty_coreml.engines.sdcpp_worker"],
+                            cached_random_sd15(), "all", steps=3, scheduler="dpmpp",
+                            generate_fields={"width": 64, "height": 64})
     settings = Settings.from_env()
     if settings.resource_path is None:
         pytest.fail("KITTY_COREML_LIVE=1 with a worker binary needs KITTY_COREML_RESOURCE_PATH (a Core ML model)")

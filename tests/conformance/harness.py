@@ -11,7 +11,7 @@ import signal
 import subprocess
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,10 @@ class WorkerTarget:
     compute_units: str
     steps: int
     """Enough steps that a cancel sent after the first progress event lands mid-run."""
+    scheduler: str = "pndm"
+    """The scheduler its generates use by default: one the worker declares in hello."""
+    generate_fields: dict[str, Any] = field(default_factory=dict)
+    """Fields every generate carries (the image size, for a worker whose hello says sizes "any")."""
 
 
 def check_request(message: dict[str, Any]) -> None:

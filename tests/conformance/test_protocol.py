@@ -13,7 +13,8 @@ from PIL import Image
 def _generate(target, output_dir, **fields):
     output_dir.mkdir(parents=True, exist_ok=True)
     message = {"type": "generate", "prompt": "a red cube on a table", "count": 1, "steps": 4,
-               "guidance": 7.5, "scheduler": "pndm", "seed": 42, "output_dir": str(output_dir)}
+               "guidance": 7.5, "scheduler": target.scheduler, "seed": 42, "output_dir": str(output_dir),
+               **target.generate_fields}
     message.update(fields)
     return message
 
@@ -23,13 +24,26 @@ def _pixels(path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def test_hello_names_engine_capabilities_and_pid(session):
+def test_hello_names_engine_capabilities_and_pid(session, target):
     _, reply = session.call({"type": "hello", "protocol_version": 1})
     assert reply["type"] == "hello"
     assert reply["protocol_version"] == 1
     assert reply["pid"] == session.proc.pid
-    assert set(reply["schedulers"]) >= {"pndm"}
-    assert "cancel" in reply["features"]
+    assert target.scheduler in reply["schedulers"]
+    # every worker can be stopped: after a step, or (a library that cannot stop inside an image) between images
+    assert len({"cancel", "cancel_between_images"} & set(reply["features"])) == 1
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "dpmpp"])
+def test_each_scheduler_runs_when_declared_and_is_unsupported_when_not(loaded, target, tmp_path, scheduler):
+    declared = loaded.call({"type": "hello", "protocol_version": 1})[1]["schedulers"]
+    _, reply = loaded.call(_generate(target, tmp_path / "out", steps=2, scheduler=scheduler))
+    if scheduler in declared:
+        assert reply["type"] == "result", reply
+    else:
+        assert (reply["type"], reply["code"]) == ("error", "unsupported"), reply
+        assert scheduler in reply["message"]
+        assert os.listdir(tmp_path / "out") == []
 
 
 def test_hello_with_another_version_is_refused(session):
@@ -108,6 +122,9 @@ def test_cancel_mid_run_stops_after_a_step_and_the_worker_goes_on(loaded, target
     assert replies[cancel_id] == {"type": "ack", "id": cancel_id, "active": True}
     assert (replies[generate_id]["type"], replies[generate_id]["code"]) == ("error", "cancelled")
     assert last_step < first["total"]
+    features = loaded.call({"type": "hello", "protocol_version": 1})[1]["features"]
+    if "cancel_between_images" in features:  # it stopped where an image ended, not inside one
+        assert last_step % (first["total"] // 4) == 0
     assert not [name for name in os.listdir(tmp_path / "out") if not name.startswith(".")]
     _, reply = loaded.call(_generate(target, tmp_path / "after"))
     assert reply["type"] == "result"
@@ -158,7 +175,8 @@ def test_malformed_lines_get_an_error(loaded, line):
 def test_missing_field_is_a_bad_request_naming_it(loaded, target, tmp_path):
     message_id = loaded.new_id()
     loaded.send_raw(b'{"type": "generate", "id": "%s", "prompt": "x", "count": 1, "steps": 2, "guidance": 7, '
-                    b'"scheduler": "pndm", "output_dir": "%s"}\n' % (message_id.encode(), str(tmp_path).encode()))
+                    b'"scheduler": "%s", "output_dir": "%s"}\n' % (message_id.encode(), target.scheduler.encode(),
+                                                              str(tmp_path).encode()))
     _, reply = loaded.final(message_id, timeout=30)
     assert (reply["type"], reply["code"]) == ("error", "bad_request")
     assert "seed" in reply["message"]
