@@ -221,6 +221,8 @@ def diagnose(settings: Settings) -> dict[str, Any]:
             ready.append(f"sample engine with model {model['name']}")
         if model["format"] == "diffusers" and diffusers:
             ready.append(f"diffusers engine with model {model['name']}")
+        if model["format"] == "checkpoint" and sdcpp["available"]:
+            ready.append(f"sdcpp engine with model {model['name']}")
     return {
         "platform": {"system": platform.system(), "machine": platform.machine(), "python": platform.python_version()},
         "coreml": {"available": reason is None, "reason": reason},

@@ -128,3 +128,18 @@ def test_doctor_without_sdcpp_names_the_fix_and_still_passes(env, tmp_path):
     [check] = [c for c in report["checks"] if c["name"] == "stable-diffusion.cpp"]
     assert check["ok"] is False and check["fix"] == SDCPP_FIX
     assert check["detail"].startswith("stable-diffusion.cpp is not installed (")
+
+
+def test_a_single_file_model_with_the_build_is_ready_for_the_sdcpp_engine(kitty, env, tmp_path):
+    """A safetensors file whose header names an SD UNet tensor (nothing is loaded, so one tiny tensor
+    does), registered with `models add`: doctor counts it ready, and exits 0, only because sd.cpp is here."""
+    header = json.dumps({"model.diffusion_model.input_blocks.0.0.weight":
+                         {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]}}).encode()
+    model = tmp_path / "tiny-sd15.safetensors"
+    model.write_bytes(len(header).to_bytes(8, "little") + header + b"\0\0")
+    env = {**_no_gpu(tmp_path, env), "KITTY_COREML_SAMPLE_BIN": "", "KITTY_COREML_RESOURCE_PATH": ""}
+    added = kitty("models", "add", "tiny", str(model), extra_env=env)
+    assert added.returncode == 0, added.stderr
+    run = kitty("doctor", "--json", extra_env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.json["ready"] == ["sdcpp engine with model tiny"]
