@@ -20,7 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .worker_runtime import Job, LineWriter, PythonWorker, RequestFailed, StopRequested, own_version, run_worker
+from .worker_runtime import (
+    Job,
+    LineWriter,
+    PythonWorker,
+    RequestFailed,
+    StopRequested,
+    own_version,
+    read_generate,
+    run_worker,
+    save_png,
+)
 from .worker_runtime import check_field as _field
 
 __all__ = ["main"]
@@ -135,21 +145,11 @@ class DiffusersWorker(PythonWorker):
 
     def generate(self, job: Job) -> dict[str, Any]:
         message = job.message
-        prompt = _field(message, "prompt", (str,))
-        if not prompt.strip():
-            raise RequestFailed("bad_request", "prompt: got ''; allowed: non-empty text")
-        negative = _field(message, "negative_prompt", (str,), default="")
-        count = _field(message, "count", (int,), lo=1, hi=8)
-        steps = _field(message, "steps", (int,), lo=1, hi=150)
-        guidance = _field(message, "guidance", (int, float), lo=0, hi=30)
-        scheduler = _field(message, "scheduler", (str,), choices=SCHEDULERS)
-        seed = _field(message, "seed", (int,), lo=0, hi=2**32 - 1)
-        input_image = _field(message, "input_image", (str,), default=None)
-        strength = _field(message, "strength", (int, float), default=0.5, lo=0, hi=1)
-        output_dir = Path(_field(message, "output_dir", (str,)))
-        if not output_dir.is_absolute() or not output_dir.is_dir():
-            raise RequestFailed("bad_request", f"output_dir: got {str(output_dir)!r}; allowed: an existing "
-                                               "folder, as an absolute path")
+        fields = read_generate(message)
+        prompt, negative, count, steps, guidance = (fields.prompt, fields.negative, fields.count, fields.steps,
+                                                    fields.guidance)
+        scheduler, seed, input_image, strength = fields.scheduler, fields.seed, fields.input_image, fields.strength
+        output_dir = fields.output_dir
         if self.loaded is None:
             raise RequestFailed("not_loaded", "no model is loaded; send load first")
         loaded = self.loaded
@@ -205,11 +205,7 @@ class DiffusersWorker(PythonWorker):
             if flagged[index]:
                 paths.append(None)
                 continue
-            final = output_dir / f"image_{index}.png"
-            partial = output_dir / f".image_{index}.png.partial"
-            image.convert("RGB").save(partial, format="PNG")
-            os.replace(partial, final)
-            paths.append(str(final))
+            paths.append(save_png(image, output_dir, index))
         reply = {"type": "result", "id": message["id"], "images": paths, "seed": seed,
                  "width": loaded.width, "height": loaded.height,
                  "seconds": round(time.monotonic() - started, 4)}

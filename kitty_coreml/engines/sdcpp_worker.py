@@ -32,7 +32,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..settings import SDCPP_WEIGHT_TYPES as WEIGHT_TYPES
-from .worker_runtime import Job, LineWriter, PythonWorker, RequestFailed, check_field, own_version, run_worker
+from .worker_runtime import (
+    Job,
+    LineWriter,
+    PythonWorker,
+    RequestFailed,
+    check_field,
+    own_version,
+    read_generate,
+    run_worker,
+    save_png,
+)
 
 __all__ = ["main", "MODEL_SUFFIXES", "WEIGHT_TYPES", "SAMPLERS"]
 
@@ -172,14 +182,14 @@ class SdcppWorker(PythonWorker):
             raise RequestFailed("load_failed", f"compute_units: got 'cpuOnly'; this stable-diffusion.cpp build "
                                                f"computes on {build.gpu_devices[0].name} (sd.cpp chooses its "
                                                f"device when it starts; allowed: all, cpuAndGPU)")
-        self._check_memory(path, weight_type, build)
+        self._check_memory(path, weight_type)
         started = time.monotonic()
         mark, versions_before = len(callbacks.log_tail), len(callbacks.versions)
         model = self._construct(path, weight_type, callbacks, mark)
         version = callbacks.versions[-1] if len(callbacks.versions) > versions_before else "unknown"
         loaded_family = FAMILIES.get(version)
         if family is not None and loaded_family is not None and family != loaded_family:
-            self._free(model)
+            model.close()
             raise RequestFailed("load_failed", f"family: got {family!r}; {path.name} is {version} ({loaded_family})")
         size = NATIVE_SIZE.get(version, 512)
         backend = build.gpu_backends[0] if build.device != "cpu" else "CPU"
@@ -195,10 +205,12 @@ class SdcppWorker(PythonWorker):
         return reply
 
     @staticmethod
-    def _check_memory(path: Path, weight_type: str, build: Any) -> None:
+    def _check_memory(path: Path, weight_type: str) -> None:
         """A model that cannot fit is refused before sd.cpp tries: its own allocation failure is a log
         line and a NULL context, and on some backends an abort."""
-        where = _free_memory(build)
+        from .sdcpp_probe import probe
+
+        where = _free_memory(probe())  # free memory now, not when the worker started
         if where is None:
             return
         name, free, total = where
@@ -236,43 +248,26 @@ class SdcppWorker(PythonWorker):
                                                f"{' (' + said + ')' if said else ''}")
         return model
 
-    @staticmethod
-    def _free(model: Any) -> None:
-        model.close()
-
     def unload(self) -> None:
         if self.loaded is None:
             return
         loaded, self.loaded = self.loaded, None
-        self._free(loaded.model)
+        loaded.model.close()
 
     def generate(self, job: Job) -> dict[str, Any]:
         message = job.message
-        prompt = check_field(message, "prompt", (str,))
-        if not prompt.strip():
-            raise RequestFailed("bad_request", "prompt: got ''; allowed: non-empty text")
-        negative = check_field(message, "negative_prompt", (str,), default="")
-        count = check_field(message, "count", (int,), lo=1, hi=8)
-        steps = check_field(message, "steps", (int,), lo=1, hi=150)
-        guidance = check_field(message, "guidance", (int, float), lo=0, hi=30)
-        scheduler = check_field(message, "scheduler", (str,), choices=("pndm", "dpmpp"))
-        seed = check_field(message, "seed", (int,), lo=0, hi=2**32 - 1)
-        input_image = check_field(message, "input_image", (str,), default=None)
-        strength = check_field(message, "strength", (int, float), default=0.5, lo=0, hi=1)
-        output_dir = Path(check_field(message, "output_dir", (str,)))
-        if not output_dir.is_absolute() or not output_dir.is_dir():
-            raise RequestFailed("bad_request", f"output_dir: got {str(output_dir)!r}; allowed: an existing "
-                                               "folder, as an absolute path")
+        fields = read_generate(message)
+        count, steps, seed, output_dir = fields.count, fields.steps, fields.seed, fields.output_dir
         if self.loaded is None:
             raise RequestFailed("not_loaded", "no model is loaded; send load first")
         loaded = self.loaded
         width = self._size(message, "width", loaded.width)
         height = self._size(message, "height", loaded.height)
-        if scheduler not in SAMPLERS:
-            raise RequestFailed("unsupported", f"scheduler: got {scheduler!r}; stable-diffusion.cpp has no PNDM "
-                                               f"sampler; allowed: {', '.join(SAMPLERS)}")
-        sample_method, sd_scheduler = SAMPLERS[scheduler]
-        starting = self._starting_image(input_image, width, height) if input_image is not None else None
+        if fields.scheduler not in SAMPLERS:
+            raise RequestFailed("unsupported", f"scheduler: got {fields.scheduler!r}; stable-diffusion.cpp has "
+                                               f"no PNDM sampler; allowed: {', '.join(SAMPLERS)}")
+        sample_method, sd_scheduler = SAMPLERS[fields.scheduler]
+        starting = None if fields.input_image is None else self._starting_image(fields.input_image, width, height)
         callbacks, build = self._library()
         done_steps = 0
         per_image: list[int] = []
@@ -287,12 +282,12 @@ class SdcppWorker(PythonWorker):
                                   "total": per_image[0] * count})
 
         arguments: dict[str, Any] = {
-            "prompt": prompt, "negative_prompt": negative, "width": width, "height": height,
-            "cfg_scale": float(guidance), "sample_steps": steps, "sample_method": sample_method,
+            "prompt": fields.prompt, "negative_prompt": fields.negative, "width": width, "height": height,
+            "cfg_scale": fields.guidance, "sample_steps": steps, "sample_method": sample_method,
             "scheduler": sd_scheduler, "batch_count": 1,
         }
         if starting is not None:
-            arguments.update(init_image=starting, strength=float(strength))
+            arguments.update(init_image=starting, strength=fields.strength)
         started = time.monotonic()
         images = []
         # One image per call, seeded seed + i: a cancel can act between images (not inside one), and
@@ -317,13 +312,7 @@ class SdcppWorker(PythonWorker):
             callbacks.on_step = None
         if job.stop.is_set():
             raise RequestFailed("cancelled", f"cancelled after the last of {count} image(s)")
-        paths = []
-        for index, image in enumerate(images):
-            final = output_dir / f"image_{index}.png"
-            partial = output_dir / f".image_{index}.png.partial"
-            image.convert("RGB").save(partial, format="PNG")
-            os.replace(partial, final)
-            paths.append(str(final))
+        paths = [save_png(image, output_dir, index) for index, image in enumerate(images)]
         details = {key: loaded.reply["details"][key] for key in ("library", "library_version", "backend",
                                                                  "device_name", "weight_type")}
         memory = _free_memory(build) if build.device != "cpu" else None

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
+from pathlib import Path
 from typing import IO, Any
 
 from .protocol import (
@@ -30,7 +31,7 @@ from .protocol import (
 )
 
 __all__ = ["PythonWorker", "RequestFailed", "StopRequested", "LineWriter", "Job", "check_field",
-           "own_version", "run_worker"]
+           "GenerateFields", "read_generate", "save_png", "own_version", "run_worker"]
 
 _END_OF_INPUT = {"type": "_eof", "id": "_eof"}
 
@@ -86,6 +87,53 @@ def check_field(message: dict[str, Any], name: str, kinds: tuple[type, ...], *, 
     if lo is not None and not lo <= value <= hi:
         raise RequestFailed("bad_request", f"{name}: got {value!r}; allowed: {lo:g}..{hi:g}")
     return value
+
+
+@dataclass(frozen=True)
+class GenerateFields:
+    """A generate request's protocol fields, checked."""
+
+    prompt: str
+    negative: str
+    count: int
+    steps: int
+    guidance: float
+    scheduler: str
+    seed: int
+    input_image: str | None
+    strength: float
+    output_dir: Path
+
+
+def read_generate(message: dict[str, Any]) -> GenerateFields:
+    prompt = check_field(message, "prompt", (str,))
+    if not prompt.strip():
+        raise RequestFailed("bad_request", "prompt: got ''; allowed: non-empty text")
+    output_dir = Path(check_field(message, "output_dir", (str,)))
+    fields = GenerateFields(
+        prompt=prompt, negative=check_field(message, "negative_prompt", (str,), default=""),
+        count=check_field(message, "count", (int,), lo=1, hi=8),
+        steps=check_field(message, "steps", (int,), lo=1, hi=150),
+        guidance=float(check_field(message, "guidance", (int, float), lo=0, hi=30)),
+        scheduler=check_field(message, "scheduler", (str,), choices=("pndm", "dpmpp")),
+        seed=check_field(message, "seed", (int,), lo=0, hi=2**32 - 1),
+        input_image=check_field(message, "input_image", (str,), default=None),
+        strength=float(check_field(message, "strength", (int, float), default=0.5, lo=0, hi=1)),
+        output_dir=output_dir)
+    if not output_dir.is_absolute() or not output_dir.is_dir():
+        raise RequestFailed("bad_request", f"output_dir: got {str(output_dir)!r}; allowed: an existing "
+                                           "folder, as an absolute path")
+    return fields
+
+
+def save_png(image: Any, output_dir: Path, index: int) -> str:
+    """Image `index` as 8-bit RGB `image_<index>.png`, written under a dot name and renamed: a listed file
+    is always whole."""
+    final = output_dir / f"image_{index}.png"
+    partial = output_dir / f".image_{index}.png.partial"
+    image.convert("RGB").save(partial, format="PNG")
+    os.replace(partial, final)
+    return str(final)
 
 
 def own_version() -> str:

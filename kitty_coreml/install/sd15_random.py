@@ -14,7 +14,7 @@ on identical models.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,8 @@ def build_random_sd15(target: Path) -> Path:
     tensors.update({f"vae.{k}": v.half().contiguous() for k, v in vae.state_dict().items()})
     tensors.update({f"te.{_clip_key(k)}": v.half().contiguous() for k, v in text_encoder.state_dict().items()})
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-    os.close(handle)
+    # a fresh name that save_file creates itself, so the file gets the umask's mode (mkstemp's is 0600)
+    partial = str(target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial"))
     try:
         save_file(tensors, partial, metadata={"kitty_coreml": f"random-sd15 v{RANDOM_SD15_VERSION} seed {_SEED}"})
         os.replace(partial, target)

@@ -94,14 +94,14 @@ def test_shell_completion_is_enabled_and_lists_a_choice_values(kitty):
     complete = {"_KITTY_COREML_COMPLETE": "complete_bash", "COMP_CWORD": "4"}
     for flag, values in [("--scheduler", ["pndm", "dpmpp"]),
                          ("--compute-units", ["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"]),
-                         ("--engine", ["auto", "sample", "coreml-worker", "diffusers", "mock"])]:
+                         ("--engine", ["auto", "sample", "coreml-worker", "diffusers", "sdcpp", "mock"])]:
         run = kitty(extra_env={**complete, "COMP_WORDS": f"kitty-coreml generate x {flag} "})
         assert run.returncode == 0 and run.stdout.split() == values
 
 
 def test_help_lists_choices_shows_flags_as_flags_and_keeps_examples_whole(kitty):
     text = kitty("generate", "--help").stdout
-    for values in ("pndm|dpmpp", "all|cpuOnly|cpuAndGPU|cpuAndNeuralEngine", "auto|sample|coreml-worker|diffusers|mock"):
+    for values in ("pndm|dpmpp", "all|cpuOnly|cpuAndGPU|cpuAndNeuralEngine", "auto|sample|coreml-worker|diffusers|sdcpp|mock"):
         assert f"[{values}]" in text or f"<{values}>" in text, values  # older typer brackets, newer angles
     assert "<bool>" not in text
     assert re.search(r"^  --json +Print one JSON object", text, re.MULTILINE)
