@@ -7,7 +7,7 @@ import importlib.util
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engines import coreml_unavailable_reason
 from .errors import KittyError
@@ -15,11 +15,77 @@ from .models import Registry, model_from_folder
 from .resources import inspect_resources
 from .settings import Settings
 
-__all__ = ["diagnose"]
+if TYPE_CHECKING:
+    from .engines.sdcpp_probe import SdcppBuild, SdcppDevice
+    from .install.sdcpp import BuildChoice
+
+__all__ = ["diagnose", "sdcpp_check", "SDCPP_FIX"]
+
+SDCPP_FIX = ("pip install 'kitty-coreml[sdcpp]' (a CPU build), or kitty-coreml install --sdcpp "
+             "(builds for CUDA, Metal or the CPU, whichever this machine has)")
+_GPU_FIXES = {"CUDA": "check the NVIDIA driver with `nvidia-smi` and that CUDA_VISIBLE_DEVICES does not hide the GPU",
+              "MTL": "Metal needs an Apple Silicon Mac; rebuild for the CPU elsewhere: kitty-coreml install --sdcpp",
+              "Vulkan": "install the GPU's Vulkan driver (`vulkaninfo --summary` lists the devices it sees)"}
 
 
 def _check(name: str, ok: bool, detail: str, fix: str | None = None) -> dict[str, Any]:
     return {"name": name, "ok": ok, "detail": detail, **({"fix": fix} if fix and not ok else {})}
+
+
+def _warning(name: str, detail: str, warning: str, fix: str) -> dict[str, Any]:
+    """Works, but not as well as it could here: ok, with what is wrong and the fix."""
+    return {"name": name, "ok": True, "detail": detail, "warning": warning, "fix": fix}
+
+
+def _gib(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB"
+
+
+def _device_text(device: SdcppDevice) -> str:
+    memory = f"{_gib(device.free_bytes)} free of {_gib(device.total_bytes)}" if device.total_bytes else "memory unknown"
+    return f"{device.name} ({device.description}, {device.kind}) {memory}"
+
+
+def sdcpp_check(build: SdcppBuild | None, unavailable: str | None = None,
+                planned: BuildChoice | None = None) -> dict[str, Any]:
+    """The stable-diffusion.cpp check from a probe result: its version, backends and devices. A GPU build
+    that sees no GPU works on the CPU, and so does a CPU build where `planned` (what the installer would
+    build here) has a GPU backend: both are warnings with the fix."""
+    from .install.sdcpp import backend_label
+
+    name = "stable-diffusion.cpp"
+    if build is None:
+        return _check(name, False, unavailable or "stable-diffusion.cpp is not installed", SDCPP_FIX)
+    library = f", sd.cpp {build.library_version}" if build.library_version != "unknown" else ""
+    devices = "; ".join(_device_text(device) for device in build.devices) or "none"
+    detail = (f"stable-diffusion-cpp-python {build.package_version}{library}; backends "
+              f"{', '.join(backend_label(backend) for backend in build.backends)}; devices: {devices}")
+    if build.gpu_backends and not build.gpu_devices:
+        labels = [backend_label(backend) for backend in build.gpu_backends]
+        return _warning(name, detail, f"built for {', '.join(labels)} but no {' or '.join(labels)} device is "
+                        "usable: sd.cpp will run on the CPU", _GPU_FIXES.get(build.gpu_backends[0], SDCPP_FIX))
+    if planned is not None and planned.backend not in build.backends:
+        return _warning(name, detail, f"built without {planned.label}, which this machine has ({planned.reason}): "
+                        "sd.cpp will run on the CPU", f"kitty-coreml install --sdcpp (rebuilds it for {planned.label})")
+    return _check(name, True, detail)
+
+
+def _sdcpp() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The check and the report's "sdcpp" entry for the build installed in this Python."""
+    from .engines.sdcpp_probe import probe, unavailable_reason
+    from .install.sdcpp import choose_build, read_machine
+
+    reason = unavailable_reason()
+    build = None
+    if reason is None:
+        try:
+            build = probe()
+        except (OSError, AttributeError) as exc:  # a library without ggml's device functions
+            reason = f"stable-diffusion.cpp loads but its ggml devices cannot be read: {exc}"
+    planned = choose_build(read_machine())
+    entry = {"available": build is not None, "reason": reason, "build": build.to_dict() if build else None,
+             "installer_would_build": planned.label}
+    return sdcpp_check(build, reason, planned), entry
 
 
 def _swift_check() -> dict[str, Any]:
@@ -135,6 +201,8 @@ def diagnose(settings: Settings) -> dict[str, Any]:
     checks.append(_check("diffusers engine", diffusers,
                          "torch, diffusers and transformers importable" if diffusers else "the [diffusers] extra is not installed",
                          "pip install 'kitty-coreml[diffusers]' (install torch first)"))
+    sdcpp_entry, sdcpp = _sdcpp()
+    checks.append(sdcpp_entry)
     checks += model_checks
     if settings.store == "s3":
         configured = bool(settings.s3_access_key and settings.s3_secret_key)
@@ -153,9 +221,12 @@ def diagnose(settings: Settings) -> dict[str, Any]:
             ready.append(f"sample engine with model {model['name']}")
         if model["format"] == "diffusers" and diffusers:
             ready.append(f"diffusers engine with model {model['name']}")
+        if model["format"] == "checkpoint" and sdcpp["available"]:
+            ready.append(f"sdcpp engine with model {model['name']}")
     return {
         "platform": {"system": platform.system(), "machine": platform.machine(), "python": platform.python_version()},
         "coreml": {"available": reason is None, "reason": reason},
+        "sdcpp": sdcpp,
         "home": str(settings.home),
         "checks": checks,
         "models": usable,

@@ -18,9 +18,11 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print one JSON ob
         print_json(report)
     else:
         for check in report["checks"]:
-            mark = "ok  " if check["ok"] else "MISS"
+            mark = "MISS" if not check["ok"] else "warn" if check.get("warning") else "ok  "
             typer.echo(f"[{mark}] {check['name']}: {check['detail']}")
-            if not check["ok"] and check.get("fix"):
+            if check.get("warning"):
+                typer.echo(f"       warning: {check['warning']}")
+            if check.get("fix"):
                 typer.echo(f"       fix: {check['fix']}")
         typer.echo("ready: " + (", ".join(report["ready"]) if report["ready"] else "nothing can generate yet"))
     if not report["ready"]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import typer
 
 from .app import app
@@ -20,6 +22,10 @@ def install(
     ratios: bool = typer.Option(False, "--ratios", help="Build Studio's non-square ratios (4:3, 3:4, 16:9, 9:16) for "
                                                         "the installed model with Apple's converter and write the "
                                                         "Studio manifest (see `kitty-coreml convert --help`)."),
+    sdcpp: bool = typer.Option(False, "--sdcpp", help="Build stable-diffusion.cpp into this Python for this machine "
+                                                      "(CUDA with nvcc and an NVIDIA GPU, Metal on Apple Silicon, "
+                                                      "else CPU; your CMAKE_ARGS win). Takes minutes. Alone, it "
+                                                      "installs no model."),
 ) -> None:
     """Set up the binary, the warm worker, models and links.
 
@@ -44,7 +50,7 @@ def install(
         print_ratios_report(settings, studio.manifest_path, model, as_json=as_json)
         return
     plan = runner.build_plan(settings, model or None, manifest_path=studio.manifest_path, strict=not dry_run,
-                             user_home=studio.user_home)
+                             user_home=studio.user_home, sdcpp=sdcpp)
     if dry_run:
         report = runner.dry_run(plan)
     elif verify:
@@ -76,13 +82,17 @@ def summary(report: dict) -> str:
     """One line for a finished install: how many steps ran, were already done, do not apply here."""
     counts = {status: sum(1 for step in report["steps"] if step["status"] == status)
               for status in ("done", "skipped", "not_applicable")}
-    return (f"kitty-coreml is installed (models {', '.join(report['models'])}): {counts['done']} step(s) done, "
+    return (f"kitty-coreml is installed ({_models(report)}): {counts['done']} step(s) done, "
             f"{counts['skipped']} already done, {counts['not_applicable']} not applicable here")
+
+
+def _models(report: dict) -> str:
+    return f"models {', '.join(report['models'])}" if report["models"] else "no model"
 
 
 def format_report(report: dict) -> str:
     lines = [f"kitty-coreml install ({report['action']}) on {report['host']['system']} "
-             f"{report['host']['machine']}: models {', '.join(report['models'])}"]
+             f"{report['host']['machine']}: {_models(report)}"]
     for step in report["steps"]:
         mark = _MARKS.get(step["status"], "?")
         detail = step.get("detail")
@@ -92,7 +102,8 @@ def format_report(report: dict) -> str:
                      + (f" ({detail})" if detail else ""))
         plan = step.get("plan") or {}
         for argv in plan.get("commands", []):
-            lines.append(f"       $ {' '.join(argv)}")
+            env = "".join(f"{name}={shlex.quote(value)} " for name, value in plan.get("env", {}).items())
+            lines.append(f"       $ {env}{shlex.join(argv)}")
         if "repo" in plan and "file" in plan:
             lines.append(f"       {plan['repo']}@{plan['revision']} {plan['file']} "
                          f"({plan['size_bytes'] / 1e9:.2f} GB, sha256 {plan['sha256'] or 'from the hub'})"

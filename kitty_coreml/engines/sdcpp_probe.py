@@ -15,7 +15,8 @@ from typing import Any
 __all__ = ["SdcppBuild", "SdcppDevice", "probe", "unavailable_reason", "DISTRIBUTION", "GPU_BACKENDS"]
 
 DISTRIBUTION = "stable-diffusion-cpp-python"
-GPU_BACKENDS = ("CUDA", "Metal", "Vulkan", "ROCm", "SYCL")
+GPU_BACKENDS = ("CUDA", "MTL", "Metal", "Vulkan", "ROCm", "MUSA", "SYCL")
+"""ggml's backend registry names; Metal registers as MTL (ggml-metal.cpp's GGML_METAL_NAME)."""
 _DEVICE_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
 
 
@@ -49,7 +50,7 @@ class SdcppBuild:
     def device(self) -> str:
         """Where sd.cpp computes by default, in the protocol's words: the first GPU, else the CPU."""
         backend = self.gpu_backends[0] if self.gpu_devices and self.gpu_backends else "CPU"
-        return {"CUDA": "cuda", "Metal": "mps", "Vulkan": "vulkan", "ROCm": "rocm", "SYCL": "sycl"}.get(backend, "cpu")
+        return {"CUDA": "cuda", "MTL": "mps", "Metal": "mps", "Vulkan": "vulkan", "ROCm": "rocm", "MUSA": "musa", "SYCL": "sycl"}.get(backend, "cpu")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "device": self.device}

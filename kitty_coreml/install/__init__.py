@@ -7,6 +7,7 @@
     download.py    resumable, size- and sha256-checked downloads from the Hugging Face hub
     modelstep.py   a catalog model downloaded, extracted, validated and registered
     portable.py    the diffusers extra and the smoke model (the portable engine)
+    sdcpp.py       stable-diffusion.cpp built into this Python for the machine's backend (CUDA, Metal, CPU)
     links.py       the commands linked into a folder on PATH
     inventory.py   `kitty-coreml models list`
     progress.py    progress bars and lines on stderr

@@ -16,6 +16,7 @@ from .modelstep import ModelStep
 from .portable import DiffusersExtraStep, SmokeModelStep
 from .progress import Reporter
 from .ratios import converted_variants_steps
+from .sdcpp import SdcppStep
 from .step import Step
 from .studio_import import StudioImportStep, importable
 from .toolchain import CloneStep, SampleBuildStep, WorkerBuildStep
@@ -42,12 +43,16 @@ class InstallPlan:
 
 
 def build_plan(settings: Settings, models: list[str] | None, *, manifest_path: Path,
-               host: Host | None = None, strict: bool = True, user_home: Path | None = None) -> InstallPlan:
+               host: Host | None = None, strict: bool = True, user_home: Path | None = None,
+               sdcpp: bool = False) -> InstallPlan:
     """The steps for `models` (default: sd21-palettized where Core ML runs, else the smoke model).
-    strict: a model that cannot run here is an error (a dry run shows it as not applicable instead)."""
+    strict: a model that cannot run here is an error (a dry run shows it as not applicable instead).
+    sdcpp: build stable-diffusion.cpp too; with no model named, that is the whole plan."""
     host = host or detect_host()
     catalog = load_catalog(settings)
     no_coreml = coreml_reason(settings, host)
+    if sdcpp and not models:
+        return InstallPlan(host=host, coreml_reason=no_coreml, models=[], steps=[_Planned(SdcppStep(settings))])
     wanted = list(dict.fromkeys(models or [DEFAULT_COREML_MODEL if no_coreml is None else SMOKE]))
     for name in wanted:
         if name != SMOKE and name not in catalog:
@@ -74,6 +79,8 @@ def build_plan(settings: Settings, models: list[str] | None, *, manifest_path: P
     if SMOKE in wanted:
         plan.steps.append(_Planned(DiffusersExtraStep()))
         plan.steps.append(_Planned(SmokeModelStep(settings)))
+    if sdcpp:
+        plan.steps.append(_Planned(SdcppStep(settings)))
     plan.steps += [_Planned(step) for step in converted_variants_steps(settings)]
     plan.steps.append(_Planned(LinkStep(settings)))
     return plan

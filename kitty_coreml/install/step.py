@@ -15,6 +15,7 @@ from typing import Any
 
 from ..atomic import write_json
 from ..errors import InstallError
+from ..process import kill_tree
 from .progress import Reporter
 
 __all__ = ["Step", "run_program", "read_json", "write_json", "sha256_file", "remove_tree"]
@@ -75,8 +76,7 @@ def run_program(argv: Sequence[str], *, label: str, reporter: Reporter, cwd: Pat
             reporter.output(label, pending.decode("utf-8", "replace").strip(), tail)
         status = child.wait()
     except BaseException:
-        child.kill()
-        child.wait()
+        kill_tree(child.pid, popen=child)  # the whole tree: pip's build runs CMake and the compilers below it
         raise
     if status != 0:
         last = " | ".join(tail) or "no output"
