@@ -51,7 +51,7 @@ def sdcpp_check(build: SdcppBuild | None, unavailable: str | None = None,
     """The stable-diffusion.cpp check from a probe result: its version, backends and devices. A GPU build
     that sees no GPU works on the CPU, and so does a CPU build where `planned` (what the installer would
     build here) has a GPU backend: both are warnings with the fix."""
-    from .install.sdcpp import backend_label
+    from .engines.sdcpp_probe import backend_label
 
     name = "stable-diffusion.cpp"
     if build is None:

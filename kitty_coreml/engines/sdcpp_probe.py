@@ -12,12 +12,19 @@ import ctypes
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SdcppBuild", "SdcppDevice", "probe", "unavailable_reason", "DISTRIBUTION", "GPU_BACKENDS"]
+__all__ = ["SdcppBuild", "SdcppDevice", "probe", "unavailable_reason", "backend_label", "DISTRIBUTION",
+           "GPU_BACKENDS"]
 
 DISTRIBUTION = "stable-diffusion-cpp-python"
 GPU_BACKENDS = ("CUDA", "MTL", "Metal", "Vulkan", "ROCm", "MUSA", "SYCL")
 """ggml's backend registry names; Metal registers as MTL (ggml-metal.cpp's GGML_METAL_NAME)."""
 _DEVICE_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+_LABELS = {"MTL": "Metal"}
+
+
+def backend_label(name: str) -> str:
+    """A ggml backend's registry name in the words of sd.cpp's docs (MTL is Metal)."""
+    return _LABELS.get(name, name)
 
 
 @dataclass(frozen=True)

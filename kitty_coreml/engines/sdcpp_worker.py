@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..settings import SDCPP_WEIGHT_TYPES as WEIGHT_TYPES
+from .sdcpp_probe import backend_label, probe
 from .worker_runtime import (
     Job,
     LineWriter,
@@ -139,7 +140,6 @@ class SdcppWorker(PythonWorker):
 
     def _library(self) -> tuple[_Callbacks, Any]:
         if self._callbacks is None:
-            from .sdcpp_probe import probe
 
             self._build = probe()
             self._callbacks = _Callbacks()
@@ -148,8 +148,6 @@ class SdcppWorker(PythonWorker):
     # -- the requests ---------------------------------------------------------------------------
     def hello_fields(self) -> dict[str, Any]:
         _, build = self._library()
-        from .sdcpp_probe import probe
-
         fresh = probe()  # free memory now, not at start
         return {"engine": "sdcpp",
                 "engine_version": f"kitty-coreml {own_version()}; stable-diffusion-cpp-python "
@@ -192,7 +190,7 @@ class SdcppWorker(PythonWorker):
             model.close()
             raise RequestFailed("load_failed", f"family: got {family!r}; {path.name} is {version} ({loaded_family})")
         size = NATIVE_SIZE.get(version, 512)
-        backend = build.gpu_backends[0] if build.device != "cpu" else "CPU"
+        backend = backend_label(build.gpu_backends[0]) if build.device != "cpu" else "CPU"
         device_name = build.gpu_devices[0].name if build.device != "cpu" else "CPU"
         reply = {"type": "loaded", "id": message["id"], "model_path": str(path), "compute_units": compute_units,
                  "device": build.device, "family": loaded_family or family or "sd", "width": size, "height": size,
@@ -208,8 +206,6 @@ class SdcppWorker(PythonWorker):
     def _check_memory(path: Path, weight_type: str) -> None:
         """A model that cannot fit is refused before sd.cpp tries: its own allocation failure is a log
         line and a NULL context, and on some backends an abort."""
-        from .sdcpp_probe import probe
-
         where = _free_memory(probe())  # free memory now, not when the worker started
         if where is None:
             return

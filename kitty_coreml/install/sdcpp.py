@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_bytes
-from ..engines.sdcpp_probe import DISTRIBUTION, SdcppBuild, SdcppDevice
+from ..engines.sdcpp_probe import DISTRIBUTION, SdcppBuild, SdcppDevice, backend_label
 from ..errors import InstallError
 from ..settings import Settings
 from .host import detect_host
@@ -32,7 +32,7 @@ from .progress import Reporter
 from .step import Step, run_program
 
 __all__ = ["SdcppStep", "MachineFacts", "BuildChoice", "read_machine", "choose_build", "requirement",
-           "probe_fresh", "backend_label", "REQUIREMENT"]
+           "probe_fresh", "REQUIREMENT"]
 
 REQUIREMENT = "stable-diffusion-cpp-python>=0.4.7,<0.5"
 """The [sdcpp] extra's requirement, used when the installed kitty-coreml's metadata does not have it."""
@@ -40,17 +40,11 @@ REQUIREMENT = "stable-diffusion-cpp-python>=0.4.7,<0.5"
 # ggml's backend registry names (ggml_backend_reg_name) for each sd.cpp CMake switch; Metal registers as MTL.
 _SWITCHES = {"SD_CUDA": "CUDA", "SD_METAL": "MTL", "SD_VULKAN": "Vulkan", "SD_HIPBLAS": "ROCm", "SD_SYCL": "SYCL",
              "SD_MUSA": "MUSA", "SD_OPENCL": "OpenCL"}
-_LABELS = {"MTL": "Metal"}
 _CMAKE_DEFINE = re.compile(r"-D\s*(SD_[A-Z_]+)(?::[A-Za-z]+)?=(\S+)")
 _PROBE = ("import json\n"
           "from kitty_coreml.engines.sdcpp_probe import probe, unavailable_reason\n"
           "reason = unavailable_reason()\n"
           "print(json.dumps({'error': reason} if reason else probe().to_dict()))\n")
-
-
-def backend_label(name: str) -> str:
-    """A ggml backend's registry name in the words of sd.cpp's docs (MTL is Metal)."""
-    return _LABELS.get(name, name)
 
 
 @dataclass(frozen=True)
