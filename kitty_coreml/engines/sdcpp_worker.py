@@ -71,6 +71,8 @@ class _Callbacks:
 
         self.on_step: Callable[[int, int], None] | None = None
         self.log_tail: deque[str] = deque(maxlen=12)
+        self.warned = 0
+        """Warning and error lines logged so far: a mark for errors_since, which the bounded tail cannot be."""
         self.verbose = _flag("KITTY_COREML_SDCPP_VERBOSE")
         self.versions: list[str] = []
         self._progress = sd.sd_progress_callback(self._progress_cb)
@@ -94,11 +96,14 @@ class _Callbacks:
             self.versions.append(line.split("Version: ", 1)[1].strip())
         if level >= _LOG_WARN:
             self.log_tail.append(line)
+            self.warned += 1
         if self.verbose or level >= _LOG_WARN:
             print(line, file=sys.stderr, flush=True)
 
     def errors_since(self, mark: int) -> str:
-        lines = list(self.log_tail)[mark:] if mark < len(self.log_tail) else []
+        """The last warning and error lines (three at most) logged after `mark` (a value of `warned`)."""
+        new = min(self.warned - mark, len(self.log_tail))
+        lines = list(self.log_tail)[len(self.log_tail) - new:] if new > 0 else []
         return " | ".join(" ".join(line.split()) for line in lines[-3:])
 
 
@@ -182,7 +187,7 @@ class SdcppWorker(PythonWorker):
                                                f"device when it starts; allowed: all, cpuAndGPU)")
         self._check_memory(path, weight_type)
         started = time.monotonic()
-        mark, versions_before = len(callbacks.log_tail), len(callbacks.versions)
+        mark, versions_before = callbacks.warned, len(callbacks.versions)
         model = self._construct(path, weight_type, callbacks, mark)
         version = callbacks.versions[-1] if len(callbacks.versions) > versions_before else "unknown"
         loaded_family = FAMILIES.get(version)
@@ -294,7 +299,7 @@ class SdcppWorker(PythonWorker):
                 if job.stop.is_set():
                     raise RequestFailed("cancelled", f"cancelled after {index} of {count} image(s) "
                                                      "(stable-diffusion.cpp stops between images)")
-                mark = len(callbacks.log_tail)
+                mark = callbacks.warned
                 try:
                     made = loaded.model.generate_image(**arguments, seed=(seed + index) % 2**32)
                 except Exception as exc:

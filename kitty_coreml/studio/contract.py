@@ -69,27 +69,27 @@ def _compact(raw: Any) -> str:
     return re.sub(r"[_\s-]+", "", str(raw).strip().lower())
 
 
-def normalize_quality(raw: Any) -> tuple[str, str | None]:
-    """(preset, warning): fast/balanced/high with the host's aliases; unknown -> balanced, said."""
+def _preset(raw: Any, aliases: Mapping[str, str], allowed: Any, field_name: str) -> tuple[str, str | None]:
+    """(value, warning): one of `allowed` by name or the host's alias; empty -> balanced; unknown ->
+    balanced, said, naming the field."""
     if raw is None or str(raw).strip() == "":
         return "balanced", None
     name = _compact(raw)
-    name = _QUALITY_ALIASES.get(name, name)
-    if name in QUALITY_PRESETS:
+    name = aliases.get(name, name)
+    if name in allowed:
         return name, None
-    return "balanced", f"quality {str(raw)!r} is unknown (allowed: fast, balanced, high); used balanced"
+    return "balanced", (f"{field_name} {str(raw)!r} is unknown (allowed: {', '.join(allowed)}); "
+                        "used balanced")
+
+
+def normalize_quality(raw: Any) -> tuple[str, str | None]:
+    """fast/balanced/high with the host's aliases; unknown -> balanced, said."""
+    return _preset(raw, _QUALITY_ALIASES, QUALITY_PRESETS, "quality")
 
 
 def normalize_influence(raw: Any) -> tuple[str, str | None]:
-    """(influence, warning): subtle/balanced/strong with the host's aliases; unknown -> balanced, said."""
-    if raw is None or str(raw).strip() == "":
-        return "balanced", None
-    name = _compact(raw)
-    name = _INFLUENCE_ALIASES.get(name, name)
-    if name in INFLUENCE_STRENGTH:
-        return name, None
-    return "balanced", (f"referenceInfluence {str(raw)!r} is unknown (allowed: subtle, balanced, strong); "
-                        "used balanced")
+    """subtle/balanced/strong with the host's aliases; unknown -> balanced, said."""
+    return _preset(raw, _INFLUENCE_ALIASES, INFLUENCE_STRENGTH, "referenceInfluence")
 
 
 def _text_field(data: Mapping[str, Any], name: str) -> str:
