@@ -63,6 +63,9 @@ def model_from_folder(path: Path, name: str | None = None, family: str | None = 
     if path.is_dir():
         raise ModelError(f"{path} is neither a Core ML resource folder (*.mlmodelc) nor a diffusers "
                          f"pipeline (model_index.json); single-file models are {', '.join(CHECKPOINT_SUFFIXES)} files")
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise ModelError(f"model file {path} does not exist",
+                         hint="check the path, or register the file with `kitty-coreml models add NAME FILE`")
     raise ModelError(f"model folder {path} does not exist",
                      hint="install a model with `kitty-coreml install --model NAME`")
 

@@ -75,6 +75,8 @@ def test_sizes_sd_cpp_cannot_make_and_engines_that_cannot_load_a_file_are_named(
     odd = kitty("generate", "x", "--model", str(model_file), "--width", "72")
     assert odd.returncode != 0
     assert "--width: got 72; allowed: a multiple of 64" in odd.stderr
+    missing = kitty("generate", "x", "--model", str(model_file.with_name("no-such.gguf")))
+    assert missing.returncode != 0 and f"model file {model_file.with_name('no-such.gguf')} does not exist" in missing.stderr
     wrong = kitty("generate", "x", "--model", str(model_file), "--engine", "diffusers")
     assert wrong.returncode != 0 and "needs a diffusers model" in wrong.stderr and "checkpoint" in wrong.stderr
 
