@@ -14,12 +14,15 @@ medians), printed as one JSON object:
   CPU per request (the clients share the machine: the CPU figure is the one they disturb least); and the embedded
   queue's submit itself, the first --flat jobs vs the next --flat (flat in queue length: a ratio near 1);
 * warm_generate: repeated `kitty-coreml generate` calls (new processes) while a `kitty-coreml serve` of the
-  same home holds the diffusers smoke model warm, vs that engine's own compute per image (its generate_s).
+  same home holds the diffusers smoke model warm, vs that engine's own compute per image (its generate_s),
+  at each --generate-steps: what a call adds is fixed, so its ratio falls as the compute grows.
+
+Processes under test keep Python's bytecode cache (in the scratch folder) as a user's install does.
 
 Sizes are flags and small by default (the machine may be shared):
     .venv/bin/python bench/floors.py [--rounds 5] [--jobs 10] [--publish 40] [--galleries 300,3000]
                                      [--steps 4] [--enqueue 400] [--clients 16] [--flat 2000]
-                                     [--generate-steps 20]
+                                     [--generate-steps 20,50]
                                      [--only s3_job,publish,latest,warm_image,start,enqueue,warm_generate]
 The issue's figures use --galleries 300,3000,30000.
 """
@@ -70,8 +73,13 @@ def _alternate(rounds: int, **actions: Callable[[], Any]) -> dict[str, float]:
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KITTY_COREML_", "S3_", "FAKE_SD_"))}
-    return {**clean, "KITTY_COREML_HOME": str(home), "KITTY_COREML_PROGRESS": "none", **extra}
+    """The environment of a process under test: its own home, no progress output, and Python's bytecode
+    cached (in the run's scratch folder) as on a user's machine, whatever PYTHONDONTWRITEBYTECODE this
+    shell sets: otherwise every start would compile our modules again."""
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("KITTY_COREML_", "S3_", "FAKE_SD_")) and k != "PYTHONDONTWRITEBYTECODE"}
+    return {**clean, "KITTY_COREML_HOME": str(home), "KITTY_COREML_PROGRESS": "none",
+            "PYTHONPYCACHEPREFIX": str(home.parent / "pycache"), **extra}
 
 
 def bench_s3_job(root: Path, server: S3Server, args) -> dict[str, Any]:
@@ -338,30 +346,41 @@ def bench_enqueue(root: Path, args) -> dict[str, Any]:
 
 
 def bench_warm_generate(root: Path, args) -> dict[str, Any]:
+    """Per step count: the median wall time of a whole `generate` call, the engine's own compute for it,
+    what the call adds (fixed: the interpreter, our imports, the HTTP exchange, the service's own work)
+    and the compute from which the call stays within 1.2x of it. The ratio is the first step count's."""
     from kitty_coreml.install.smoke import create_smoke_model
 
     env = _env(root / "warm-generate", KITTY_COREML_ENGINE="diffusers")
     create_smoke_model(Settings.from_env(env))
-    argv = [KITTY, "generate", "a red cube", "--model", "smoke", "--steps", str(args.generate_steps), "--seed", "1",
-            "--compute-units", "cpuOnly", "--json"]
-    walls: list[float] = []
-    computes: list[float] = []
+    by_steps: dict[str, dict[str, float]] = {}
     with listening([KITTY, "serve", "--port", "0"], env):  # announced in HOME/service.json: generate finds it
-        for index in range(args.rounds + 1):
-            started = time.perf_counter()
-            done = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-            wall = time.perf_counter() - started
-            if done.returncode != 0:
-                raise SystemExit(f"warm_generate: generate failed: {done.stderr.strip()[-400:]}")
-            result = json.loads(done.stdout)
-            if not result["servedBy"]["warm"]:
-                raise SystemExit("warm_generate: generate was not served by the running kitty-coreml serve")
-            if index:  # the first call loads the model into the service's worker
-                walls.append(wall)
-                computes.append(float(result["timings"]["generate_s"]))
-    wall, compute = statistics.median(walls), statistics.median(computes)
-    return {"ms": {"generate_call": round(wall * 1000, 1), "engine_compute": round(compute * 1000, 1)},
-            "ratios": {"warm_generate_vs_engine_compute": wall / compute},
+        for steps in args.generate_steps:
+            argv = [KITTY, "generate", "a red cube", "--model", "smoke", "--steps", str(steps), "--seed", "1",
+                    "--compute-units", "cpuOnly", "--json"]
+            walls: list[float] = []
+            computes: list[float] = []
+            for index in range(args.rounds + 1):
+                started = time.perf_counter()
+                done = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+                wall = time.perf_counter() - started
+                if done.returncode != 0:
+                    raise SystemExit(f"warm_generate: generate failed: {done.stderr.strip()[-400:]}")
+                result = json.loads(done.stdout)
+                if not result["servedBy"]["warm"]:
+                    raise SystemExit("warm_generate: generate was not served by the running kitty-coreml serve")
+                if index:  # the first call loads the model into the service's worker
+                    walls.append(wall)
+                    computes.append(float(result["timings"]["generate_s"]))
+            wall, compute = statistics.median(walls), statistics.median(computes)
+            added = statistics.median(w - c for w, c in zip(walls, computes))
+            by_steps[str(steps)] = {"generate_call_ms": round(wall * 1000, 1),
+                                    "engine_compute_ms": round(compute * 1000, 1),
+                                    "added_ms": round(added * 1000, 1), "ratio": round(wall / compute, 3),
+                                    "within_1_2x_from_compute_ms": round(added / 0.2 * 1000)}
+    first = by_steps[str(args.generate_steps[0])]
+    return {"by_steps": by_steps,
+            "ratios": {"warm_generate_vs_engine_compute": first["generate_call_ms"] / first["engine_compute_ms"]},
             "size": {"calls": args.rounds, "steps": args.generate_steps, "model": "smoke"}}
 
 
@@ -375,10 +394,11 @@ def main() -> None:
     parser.add_argument("--enqueue", type=int, default=400, help="submissions per server per round")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients of the enqueue comparison")
     parser.add_argument("--flat", type=int, default=2000, help="embedded submits per half of the flatness figure")
-    parser.add_argument("--generate-steps", type=int, default=20, help="steps of each warm `generate` call")
+    parser.add_argument("--generate-steps", default="20,50", help="steps of the warm `generate` calls, comma-separated")
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run, comma-separated")
     args = parser.parse_args()
     args.galleries = [int(size) for size in args.galleries.split(",") if size.strip()]
+    args.generate_steps = [int(steps) for steps in args.generate_steps.split(",") if steps.strip()]
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:

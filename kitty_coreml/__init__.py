@@ -9,46 +9,33 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .cancel import CancelToken
-from .engines.base import ProgressEvent
-from .errors import (Cancelled, ConfigError, EngineError, EngineTimeout, InvalidRequest, KittyError, ModelError,
-                     NotFound, PlatformUnsupported, PublishPending, SafetyRemovedAll, StoreError)
-from .request import GenerationRequest, GenerationResult, ImageResult
-
 if TYPE_CHECKING:
+    from .cancel import CancelToken
+    from .progress import ProgressEvent
+    from .errors import (Cancelled, ConfigError, EngineError, EngineTimeout, InvalidRequest, KittyError, ModelError,
+                         NotFound, PlatformUnsupported, PublishPending, SafetyRemovedAll, StoreError)
+    from .request import GenerationRequest, GenerationResult, ImageResult
     from .settings import Settings
 
-__all__ = [
-    "generate",
-    "GenerationRequest",
-    "GenerationResult",
-    "ImageResult",
-    "Settings",
-    "CancelToken",
-    "ProgressEvent",
-    "KittyError",
-    "InvalidRequest",
-    "ConfigError",
-    "ModelError",
-    "PlatformUnsupported",
-    "EngineError",
-    "EngineTimeout",
-    "Cancelled",
-    "SafetyRemovedAll",
-    "StoreError",
-    "PublishPending",
-    "NotFound",
-]
+_ERRORS = ("KittyError", "InvalidRequest", "ConfigError", "ModelError", "PlatformUnsupported", "EngineError",
+           "EngineTimeout", "Cancelled", "SafetyRemovedAll", "StoreError", "PublishPending", "NotFound")
+_HOMES = {"GenerationRequest": "request", "GenerationResult": "request", "ImageResult": "request",
+          "Settings": "settings", "CancelToken": "cancel", "ProgressEvent": "progress",
+          **dict.fromkeys(_ERRORS, "errors")}
+"""Where each public name lives. They are imported on first use, so that importing one module of the
+package (the CLI, the Studio provider) costs only what that module needs."""
+
+__all__ = ["generate", *_HOMES]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    """Settings is imported on first use: it brings pydantic, which `systemsculpt-local-imagegen --help` and
-    every other light path of the package do without."""
-    if name == "Settings":
-        from .settings import Settings
+    if name in _HOMES:
+        import importlib
 
-        return Settings
+        value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,4 +1,5 @@
-"""Showing progress events: a bar for a person at a terminal, plain lines for a log, NDJSON for a
+"""Progress events (what an engine reports as it works; engines/base.py re-exports ProgressEvent) and
+showing them: a bar for a person at a terminal, plain lines for a log, NDJSON for a
 program (KITTY_COREML_PROGRESS=ndjson). Everything goes to stderr; stdout stays for results.
 
 On a terminal a long wait (starting an engine, loading a model, waiting for the machine lock) is a
@@ -10,15 +11,30 @@ import json
 import sys
 import threading
 import time
-from typing import TextIO
+from dataclasses import dataclass
+from typing import Any, TextIO
 
-from .engines.base import ProgressEvent
-
-__all__ = ["ProgressPrinter", "shown_step"]
+__all__ = ["ProgressEvent", "ProgressPrinter", "shown_step"]
 
 _BAR_WIDTH = 24
 _TICK_S = 1.0
 _WAITS = ("loading", "waiting")
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """kind: loading | sampling | step | saved | waiting | info. step counts from 1 to total."""
+
+    kind: str
+    step: int | None = None
+    total: int | None = None
+    images: int | None = None
+    message: str | None = None
+    rate: float | None = None
+    """steps per second, when the engine says."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 def shown_step(step: int, total: int, pndm_steps: int | None) -> tuple[int, int]:

@@ -51,14 +51,33 @@ def _split_options(args: list[str]) -> tuple[list[str], bool, bool]:
     return [arg for arg in head if arg != "--debug"] + tail, "--debug" in head, "--json" in head
 
 
-def _click_classes() -> tuple[type[Exception], tuple[type[Exception], ...]]:
-    # typer vendors its own click in newer releases; its ClickException is the base of
-    # typer.BadParameter either way, and NoArgsIsHelpError (click 8.2+) sits beside it.
+def _typer_classes() -> tuple[tuple[type[BaseException], ...], type[Exception], tuple[type[Exception], ...]]:
+    """(typer.Abort, click's ClickException, NoArgsIsHelpError or nothing): the errors only typer raises.
+    typer vendors its own click in newer releases; its ClickException is the base of typer.BadParameter
+    either way, and NoArgsIsHelpError (click 8.2+) sits beside it."""
     import typer
 
     click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     no_args = getattr(sys.modules[click_exception.__module__], "NoArgsIsHelpError", None)
-    return click_exception, (no_args,) if no_args else ()
+    return (typer.Abort,), click_exception, (no_args,) if no_args else ()
+
+
+def _run_typer(args: list[str]) -> Any:
+    from .app import app
+
+    _load_commands(args)
+    return app(args=args, prog_name=PROG, standalone_mode=False)
+
+
+def _run_fast(options: dict[str, Any]) -> int:
+    """`generate` read by cli/generate_args.py; a Ctrl-C inside ends as typer ends one (exit 130)."""
+    from .generating import run_generate
+
+    try:
+        run_generate(**options)
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 def _our_traceback(exc: BaseException) -> str:
@@ -66,10 +85,9 @@ def _our_traceback(exc: BaseException) -> str:
     import os
     import traceback
 
-    import typer
-
     framework = tuple(os.path.dirname(module.__file__) + os.sep
-                      for module in (typer, sys.modules.get("click")) if module is not None and module.__file__)
+                      for module in (sys.modules.get("typer"), sys.modules.get("click"))
+                      if module is not None and module.__file__)
     frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.startswith(framework)]
     return "".join(["Traceback (most recent call last):\n", *traceback.format_list(frames),
                     *traceback.format_exception_only(type(exc), exc)])
@@ -90,16 +108,15 @@ def _fail(message: str, exit_code: int, *, error: dict[str, Any], answer: dict[s
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI: exit 0 on success; on failure one line on stderr and a non-zero exit."""
     args, debug, as_json = _split_options(list(sys.argv[1:] if argv is None else argv))
-    import typer
-
     from ..errors import InvalidRequest, KittyError
-    from .app import app
+    from .generate_args import read_generate_args
 
-    _load_commands(args)
-    click_exception, no_args_is_help = _click_classes()
+    fast = read_generate_args(args)
+    # `except ()` catches nothing: without typer imported, none of its errors can be raised
+    abort, click_exception, no_args_is_help = ((), (), ()) if fast is not None else _typer_classes()
     try:
-        returned = app(args=args, prog_name=PROG, standalone_mode=False)
-    except (KeyboardInterrupt, typer.Abort):
+        returned = _run_fast(fast) if fast is not None else _run_typer(args)
+    except (KeyboardInterrupt, *abort):
         sys.stderr.write(f"{PROG}: cancelled\n")
         sys.exit(130)
     except no_args_is_help as exc:

@@ -10,8 +10,8 @@ import typer
 
 from .app import app
 from .generate import (COMPUTE_UNITS, COUNT, ENGINE, GUIDANCE, IMAGE, JSON, MODEL, NEGATIVE, REDUCE_MEMORY, SAFETY,
-                       SCHEDULER, SEED, STEPS, STRENGTH, TIMEOUT, ComputeUnits, EngineName, Scheduler, build_request,
-                       terminate_as_cancel)
+                       SCHEDULER, SEED, STEPS, STRENGTH, TIMEOUT, ComputeUnits, EngineName, Scheduler)
+from .generating import build_request, terminate_as_cancel
 
 
 def read_prompts(source: str) -> list[str]:

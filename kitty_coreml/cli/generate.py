@@ -1,12 +1,12 @@
-"""`kitty-coreml generate PROMPT`: one request, a progress bar, where the PNGs are stored."""
+"""`kitty-coreml generate PROMPT`: its typer declaration (help, completion, usage errors). What it does is
+cli/generating.py; cli/generate_args.py reads the common command lines without typer, flag for flag
+as declared here (tests/cli/test_generate_args.py holds the two together)."""
 
 from __future__ import annotations
 
-import signal
-import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
@@ -41,49 +41,6 @@ WIDTH = typer.Option(None, "--width", help="Image width, a multiple of 8 (64 for
                                            "default: the model's own.")
 HEIGHT = typer.Option(None, "--height", help="Image height, like --width; default: the model's own.")
 JSON = typer.Option(False, "--json", help="Print one JSON object instead of text.")
-
-
-def _name(choice: Enum | str | None) -> str | None:
-    return choice.value if isinstance(choice, Enum) else choice
-
-
-def build_request(prompt: str, **options: Any):
-    """A GenerationRequest from CLI option values (names as in the signatures below)."""
-    from ..request import GenerationRequest
-
-    return GenerationRequest(
-        prompt=prompt, negative_prompt=options["negative"], count=options["count"], steps=options["steps"],
-        guidance=options["guidance"], scheduler=_name(options["scheduler"]),
-        compute_units=_name(options["compute_units"]), seed=options["seed"], run_id=options["run_id"],
-        input_image=options["image"], strength=options["strength"], safety=options["safety"],
-        reduce_memory=options["reduce_memory"], timeout_s=options["timeout"], engine=_name(options["engine"]),
-        model=options["model"], width=options.get("width"), height=options.get("height"),
-    )
-
-
-def terminate_as_cancel() -> None:
-    """SIGTERM ends a generation the way Ctrl-C does: the engine and its children are killed first."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGHUP, handler)  # the terminal closed: the engine must not outlive it
-
-
-def print_result(result: dict[str, Any]) -> None:
-    images = result["images"]
-    seconds = result.get("timings", {}).get("total_s")
-    took = f", {seconds:.1f} s" if seconds is not None else ""
-    typer.echo(f"{len(images)} image(s) stored (seed {result['seed']}, run {result['runId']}{took}):")
-    for image in images:
-        where = image.get("path") or image["storageUri"]
-        note = "" if image.get("published", True) else "  [in the outbox, not published]"
-        typer.echo(f"  {where}  {image['width']}x{image['height']}{note}")
-        if image.get("path") and image["storageUri"].startswith("s3://"):
-            typer.echo(f"    {image['storageUri']}")
-    for warning in result.get("warnings", []):
-        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command()
@@ -124,50 +81,9 @@ def generate(
     Example:
       kitty-coreml generate "studio photo of a matte black water bottle" --count 2 --steps 20
     """
-    from ..errors import PublishPending
-    from .common import load_settings, print_json
+    from .generating import run_generate
 
-    options = dict(negative=negative, count=count, steps=steps, guidance=guidance, scheduler=scheduler,
-                   compute_units=compute_units, seed=seed, run_id=run_id, image=image, strength=strength,
-                   safety=safety, reduce_memory=reduce_memory, timeout=timeout, engine=engine, model=model,
-                   width=width, height=height)
-    try:
-        settings = load_settings()
-        request = build_request(prompt, **options)
-        if server:
-            from ..service.remote import submit_remote
-
-            terminate_as_cancel()
-            result = submit_remote(server, request, settings, wait=wait)
-            if not wait:
-                print_json(result) if as_json else typer.echo(f"job {result['job_id']}: {result['status']}")
-                return
-            print_json(result) if as_json else print_result(result)
-            return
-        if dry_run:
-            from ..orchestrator import plan
-
-            print_json(plan(request, settings))
-            return
-        from ..orchestrator import generate as run
-        from ..progress import ProgressPrinter
-        from ..service.local import generate_warm
-
-        terminate_as_cancel()
-        progress = ProgressPrinter(settings.progress, steps=request.steps, scheduler=request.scheduler)
-        try:
-            served = None if cold else generate_warm(request, settings, on_progress=progress)
-            result = served[0] if served else run(request, settings, on_progress=progress).to_dict()
-        finally:
-            progress.close()
-        result["servedBy"] = {"warm": served is not None, "url": served[1] if served else None}
-        if not as_json:
-            typer.echo(f"served warm by kitty-coreml serve at {served[1]} (engine {result['engine']})" if served
-                       else f"served cold by the {result['engine']} engine", err=True)
-    except PublishPending as exc:
-        if not as_json:
-            print_result(exc.details["result"])
-        exc.answer = exc.details["result"]
-        raise
-    print_json(result) if as_json else print_result(result)
-    sys.stdout.flush()
+    run_generate(prompt, negative=negative, count=count, steps=steps, guidance=guidance, scheduler=scheduler,
+                 compute_units=compute_units, seed=seed, run_id=run_id, image=image, strength=strength,
+                 safety=safety, reduce_memory=reduce_memory, timeout=timeout, engine=engine, model=model,
+                 width=width, height=height, as_json=as_json, dry_run=dry_run, server=server, wait=wait, cold=cold)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..cancel import CancelToken
+from ..progress import ProgressEvent
 
 if TYPE_CHECKING:
     from ..models import ModelInfo
@@ -30,22 +31,6 @@ class EngineJob:
     """The engine kills the generation past this many seconds (EngineTimeout)."""
     input_image: Path | None = None
     """The starting image for img2img, already scaled and cropped to the model's native size."""
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """kind: loading | sampling | step | saved | waiting | info. step counts from 1 to total."""
-
-    kind: str
-    step: int | None = None
-    total: int | None = None
-    images: int | None = None
-    message: str | None = None
-    rate: float | None = None
-    """steps per second, when the engine says."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

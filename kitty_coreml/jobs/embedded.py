@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,7 +144,17 @@ class EmbeddedQueue:
         self._engines = WarmEngines(settings)
         self._current: tuple[str, CancelToken] | None = None
         self._events: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._listeners: list[Callable[[], None]] = []
         self.recovered = self._recover()
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call listener (on whichever thread made the change) whenever this process changes a job or
+        logs a progress event, so a follower need not poll for what happens here."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     # ---- storage -------------------------------------------------------------------------------
 
@@ -224,6 +234,7 @@ class EmbeddedQueue:
             self._db.execute("INSERT INTO jobs (id, status, request, created) VALUES (?, ?, ?, ?)",
                              (job_id, QUEUED, json.dumps(request), created))
         self._wake.set()
+        self._changed()
         # the newest job: every other queued job is ahead of it
         return {"job_id": job_id, "status": QUEUED, "created_at": _iso(created), "started_at": None,
                 "finished_at": None, "attempts": 0, "position": waiting + 1}
@@ -241,6 +252,7 @@ class EmbeddedQueue:
             current = self._current
         if current is not None and current[0] == job_id:
             current[1].cancel("cancelled through the API")
+        self._changed()
         return self.get(job_id)
 
     def progress_since(self, job_id: str, after: int) -> list[dict[str, Any]]:
@@ -289,12 +301,14 @@ class EmbeddedQueue:
                 self._count(generation_seconds_sum=seconds, generation_seconds_count=1)
             self._count(**{f"jobs_{status}_total": 1}, publish_failures=1 if publish_failed else 0)
             self._current = None
+        self._changed()
 
     def _requeue(self, job_id: str) -> None:
         with self._tx():
             self._db.execute("UPDATE jobs SET status=?, started=NULL, attempts=attempts-1 WHERE id=?",
                              (QUEUED, job_id))
             self._current = None
+        self._changed()
 
     def purge(self) -> int:
         """Forget finished jobs older than the retention time."""
@@ -317,6 +331,8 @@ class EmbeddedQueue:
                 self._recover()  # another process on this home may have died since
                 last_purge = time.monotonic()
             claimed = self._claim()
+            if claimed is not None:
+                self._changed()
             if claimed is None:
                 self._wake.wait(_PURGE_EVERY_S)
                 self._wake.clear()
@@ -332,6 +348,7 @@ class EmbeddedQueue:
 
         def on_progress(event: ProgressEvent) -> None:
             events.append(event.to_dict() | {"kind": event.kind, "seq": len(events) + 1})
+            self._changed()
 
         try:
             result, seconds, publish_failed = run_request(request, self.settings, self._engines,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -38,8 +39,51 @@ __all__ = ["create_app", "http_status", "STATIC_DIR", "EVENT_POLL_S"]
 
 STATIC_DIR = Path(__file__).resolve().with_name("static")
 EVENT_POLL_S = 0.1
-"""How often an event stream looks at its job; each look is one SQLite or Redis read."""
+"""How often an event stream looks at its job when nothing told it of a change (each look is one SQLite
+or Redis read): the embedded queue tells of its own changes at once; the Redis queue's workers, and
+another process on the same home, are only seen by looking."""
 _HEARTBEAT_S = 15.0
+
+
+class _ChangeBell:
+    """Wakes the event streams of this app when the queue tells of a change (on any thread)."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: set[asyncio.Event] = set()
+
+    def ring(self) -> None:
+        loop = self._loop
+        try:
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:  # the loop closed meanwhile: no stream is left to wake
+            pass
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            waiter.set()
+
+    @asynccontextmanager
+    async def listening(self):
+        """An Event rung by every change from now on, for the block's length."""
+        self._loop = asyncio.get_running_loop()
+        waiter = asyncio.Event()
+        self._waiters.add(waiter)
+        try:
+            yield waiter
+        finally:
+            self._waiters.discard(waiter)
+
+
+async def _next_change(waiter: asyncio.Event, timeout: float) -> None:
+    """Until the bell rings (or timeout); then ready for the next ring. Anything that changed before the
+    return is seen by what the caller reads next."""
+    try:
+        await asyncio.wait_for(waiter.wait(), timeout)
+    except TimeoutError:
+        pass
+    waiter.clear()
 
 
 def http_status(exc: KittyError) -> int:
@@ -80,6 +124,9 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
 
     queue = queue or create_queue(settings, queue_url)
     store = create_store(settings)
+    bell = _ChangeBell()
+    if hasattr(queue, "on_change"):
+        queue.on_change(bell.ring)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -168,32 +215,33 @@ def create_app(settings: Settings, queue: JobQueue | None = None, *, queue_url: 
         first = job_or_404(await run_in_threadpool(queue.get, job_id), job_id)
 
         async def stream():
-            seen, quiet_s = last_event_id, 0.0
-            last_status = (first["status"], first.get("position")) if seen and first["status"] == "started" else None
-            while True:
-                job = await run_in_threadpool(queue.get, job_id)
-                if job is None:
-                    yield _sse(FAILED, {"job_id": job_id, "status": FAILED, "error": "the job disappeared",
-                                        "error_code": "not_found", "cancelled": False})
-                    return
-                status = (job["status"], job.get("position"))
-                if status != last_status and job["status"] not in FINAL_STATES:
-                    last_status, quiet_s = status, 0.0
-                    yield _sse("status", {k: v for k, v in job.items() if k != "progress"})
-                # read after the job: every event of a job seen finished is already logged
-                for event in await run_in_threadpool(queue.progress_since, job_id, seen):
-                    seen, quiet_s = event.get("seq", seen + 1), 0.0
-                    yield _sse("progress", event, event_id=seen)
-                if job["status"] in FINAL_STATES:
-                    yield _sse(job["status"], job, event_id=seen + 1)
-                    return
-                if quiet_s >= _HEARTBEAT_S:
-                    quiet_s = 0.0
-                    yield ": keep-alive\n\n"
-                if await request.is_disconnected():
-                    return
-                await asyncio.sleep(EVENT_POLL_S)
-                quiet_s += EVENT_POLL_S
+            async with bell.listening() as changed:
+                seen, last_sent = last_event_id, time.monotonic()
+                last_status = ((first["status"], first.get("position")) if seen and first["status"] == "started"
+                               else None)
+                while True:
+                    job = await run_in_threadpool(queue.get, job_id)
+                    if job is None:
+                        yield _sse(FAILED, {"job_id": job_id, "status": FAILED, "error": "the job disappeared",
+                                            "error_code": "not_found", "cancelled": False})
+                        return
+                    status = (job["status"], job.get("position"))
+                    if status != last_status and job["status"] not in FINAL_STATES:
+                        last_status, last_sent = status, time.monotonic()
+                        yield _sse("status", {k: v for k, v in job.items() if k != "progress"})
+                    # read after the job: every event of a job seen finished is already logged
+                    for event in await run_in_threadpool(queue.progress_since, job_id, seen):
+                        seen, last_sent = event.get("seq", seen + 1), time.monotonic()
+                        yield _sse("progress", event, event_id=seen)
+                    if job["status"] in FINAL_STATES:
+                        yield _sse(job["status"], job, event_id=seen + 1)
+                        return
+                    if time.monotonic() - last_sent >= _HEARTBEAT_S:
+                        last_sent = time.monotonic()
+                        yield ": keep-alive\n\n"
+                    if await request.is_disconnected():
+                        return
+                    await _next_change(changed, EVENT_POLL_S)
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,13 +1,13 @@
 """A small client of the images service, on the standard library only, so `kitty-coreml generate
 --server URL` stays light: submit a request, follow its job over server-sent events, fetch its status.
-Against KITTY's own images-service, which has no event stream, it polls /jobs/{id} as kitty-cli does."""
+Against KITTY's own images-service, which has no event stream, it polls /jobs/{id} as kitty-cli does.
+The local service of this home is spoken to directly (service/loopback.py); others through urllib,
+which knows proxies, TLS and redirects."""
 
 from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,15 +39,20 @@ class _NoEventStream(Exception):
 
 
 class ServiceClient:
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 30.0):
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 30.0,
+                 loopback: bool = False):
+        """loopback: base_url is the `kitty-coreml serve` of this machine (service/local.py found it)."""
         problem = http_url_problem(base_url)
         if problem:
             raise InvalidRequest("server", base_url, f"an http:// or https:// URL like http://127.0.0.1:8089 ({problem})")
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout_s = timeout_s
+        self.loopback = loopback
 
-    def _open(self, method: str, path: str, body: Any = None, *, timeout: float | None = None):
+    def _open(self, method: str, path: str, body: Any = None, *, timeout: float | None = None,
+              redirects: bool = False):
+        """The open answer to one request (redirects: follow them, which only urllib does)."""
         headers = {"Accept": "application/json"}
         data = None
         if body is not None:
@@ -55,15 +60,33 @@ class ServiceClient:
             headers["Content-Type"] = "application/json"
         if self.api_key:
             headers["X-API-Key"] = self.api_key
-        request = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
         try:
-            return urllib.request.urlopen(request, timeout=timeout or self.timeout_s)
-        except urllib.error.HTTPError as exc:
-            raise _http_error(exc, self.base_url) from None
-        except (urllib.error.URLError, OSError) as exc:
+            if self.loopback and not redirects:
+                return self._open_loopback(method, path, data, headers, timeout or self.timeout_s)
+            return self._open_urllib(method, path, data, headers, timeout or self.timeout_s)
+        except OSError as exc:
             reason = getattr(exc, "reason", exc)
             raise ServiceError(f"cannot reach the images service at {self.base_url}: {reason}",
                                hint="start it with `kitty-coreml serve`, or check --server") from None
+
+    def _open_loopback(self, method: str, path: str, data: bytes | None, headers: dict[str, str], timeout: float):
+        from .loopback import loopback_request
+
+        response = loopback_request(self.base_url, method, path, body=data, headers=headers, timeout=timeout)
+        if response.status >= 400:
+            with response:
+                raise _http_error(response.status, response.reason, response.read(), self.base_url)
+        return response
+
+    def _open_urllib(self, method: str, path: str, data: bytes | None, headers: dict[str, str], timeout: float):
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
+        try:
+            return urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc.code, exc.reason, exc.read(), self.base_url) from None
 
     def _json(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         with self._open(method, path, body) as response:
@@ -80,7 +103,7 @@ class ServiceClient:
         """The PNG of a key (GET /api/images/file/KEY: the local store's file, or S3 through a redirect)."""
         from urllib.parse import quote
 
-        with self._open("GET", f"/api/images/file/{quote(key)}") as response:
+        with self._open("GET", f"/api/images/file/{quote(key)}", redirects=True) as response:
             return response.read()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
@@ -158,20 +181,20 @@ def _outcome(job: dict[str, Any]) -> dict[str, Any]:
     raise ServiceError(f"job {job['job_id']} is still {job['status']} but its event stream ended")
 
 
-def _http_error(exc: urllib.error.HTTPError, base_url: str) -> KittyError:
+def _http_error(status: int, reason: str, answer: bytes, base_url: str) -> KittyError:
     try:
-        payload = json.loads(exc.read() or b"{}")
+        payload = json.loads(answer or b"{}")
     except ValueError:
         payload = {}
     detail = payload.get("detail") if isinstance(payload, dict) else None
     error = payload.get("error") if isinstance(payload, dict) else None
-    message = detail if isinstance(detail, str) else exc.reason
-    if exc.code == 422:
+    message = detail if isinstance(detail, str) else reason
+    if status == 422:
         return RequestRefused(message, details=error.get("details") if isinstance(error, dict) else None)
-    if exc.code == 429:
+    if status == 429:
         return QueueFull(f"the images service at {base_url} is full: {message}", hint="try again shortly")
-    if exc.code in (401, 403):
-        return ServiceError(f"the images service at {base_url} refused the API key ({exc.code}: {message})",
+    if status in (401, 403):
+        return ServiceError(f"the images service at {base_url} refused the API key ({status}: {message})",
                             hint="set KITTY_COREML_API_KEY to the service's key")
-    return ServiceError(f"the images service at {base_url} answered {exc.code}: {message}",
-                        details={"status": exc.code})
+    return ServiceError(f"the images service at {base_url} answered {status}: {message}",
+                        details={"status": status})

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,8 +104,12 @@ def find_service(settings: Settings) -> LocalService | None:
         return None  # only a service on this machine: the images it writes are read from this disk
     if not _alive(service.pid):
         return None
+    from .loopback import loopback_request
+
     try:
-        with urllib.request.urlopen(service.url + "/healthz", timeout=_PROBE_TIMEOUT_S) as response:
+        with loopback_request(service.url, "GET", "/healthz", timeout=_PROBE_TIMEOUT_S) as response:
+            if response.status != 200:
+                return None
             json.loads(response.read())
     except (OSError, ValueError):
         return None
@@ -132,12 +135,12 @@ def run_warm(service: LocalService, request: GenerationRequest, settings: Settin
     """Submit a request to the service, follow it to its end within request.timeout_s (then cancel it),
     and copy its PNGs into `dest` (None: leave them where the service stored them). WarmUnavailable when
     the service does not take the request; ServiceError when the job fails there."""
-    from ..engines.base import ProgressEvent
+    from ..progress import ProgressEvent
     from .client import ServiceClient
-    from .schema import body_from_request
+    from .body import body_from_request
 
     emit = on_progress or (lambda event: None)
-    client = ServiceClient(service.url, api_key=settings.api_key)
+    client = ServiceClient(service.url, api_key=settings.api_key, loopback=True)
     submitted = time.monotonic()
     deadline = submitted + (request.timeout_s or settings.timeout_s)
     try:

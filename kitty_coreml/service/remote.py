@@ -15,10 +15,10 @@ __all__ = ["submit_remote"]
 def submit_remote(server: str, request: GenerationRequest, settings: Settings, *, wait: bool) -> dict[str, Any]:
     """Without wait: the queued job ({job_id, status, position, ...}). With wait: the job's result
     (the GenerationResult's fields plus png_key and meta_key); a failed job raises its one-line error."""
-    from ..engines.base import ProgressEvent
+    from ..progress import ProgressEvent
     from ..progress import ProgressPrinter
     from .client import ServiceClient
-    from .schema import body_from_request
+    from .body import body_from_request
 
     client = ServiceClient(server, api_key=settings.api_key)
     job = client.submit(body_from_request(request))

@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ..errors import InvalidRequest
 from ..request import GenerationRequest
+from .body import SAME_NAME_FIELDS
 
-__all__ = ["GenerateBody", "request_from_body", "body_from_request", "BODY_FIELDS", "TOOL_SIZES"]
+__all__ = ["GenerateBody", "request_from_body", "BODY_FIELDS", "TOOL_SIZES"]
 
 TOOL_SIZES = {"square": (1024, 1024), "portrait": (768, 1024), "landscape": (1024, 768)}
 """KITTY's create_image tool sends a size word; these are KITTY's UI sizes of each shape."""
@@ -53,8 +54,6 @@ class GenerateBody(BaseModel):
 
 
 BODY_FIELDS = tuple(GenerateBody.model_fields)
-_SAME_NAME = ("prompt", "width", "height", "steps", "seed", "model", "refiner", "negative_prompt", "count",
-              "scheduler", "compute_units", "run_id", "timeout_s", "safety", "reduce_memory", "engine")
 _INTEGERS = ("width", "height", "steps", "seed", "count")
 _NUMBERS = ("cfg", "guidance", "timeout_s")
 _INT, _FLOAT = TypeAdapter(int), TypeAdapter(float)
@@ -95,22 +94,9 @@ def request_from_body(body: Any) -> tuple[GenerationRequest, list[str]]:
             given["width"], given["height"] = TOOL_SIZES[size]
     if "style" in given:
         warnings.append(f"style {given.pop('style')!r} ignored: styles are not applied (write it into the prompt)")
-    values = {name: given[name] for name in _SAME_NAME if name in given}
+    values = {name: given[name] for name in SAME_NAME_FIELDS if name in given}
     if "cfg" in given or "guidance" in given:
         values["guidance"] = given.get("cfg", given.get("guidance"))
     if "prompt" not in values:
         raise InvalidRequest("prompt", body.get("prompt"), "non-empty text")
     return GenerationRequest(**values), warnings
-
-
-def body_from_request(request: GenerationRequest) -> dict[str, Any]:
-    """The JSON body that asks a service for this request (KITTY's names; defaults left out)."""
-    if request.input_image is not None:
-        raise InvalidRequest("image", str(request.input_image), "no input image with --server",
-                             hint="image-to-image runs only locally")
-    values = request.to_dict()
-    body: dict[str, Any] = {"prompt": values["prompt"], "steps": values["steps"], "cfg": values["guidance"]}
-    for name in _SAME_NAME:
-        if name not in body and values.get(name) is not None:
-            body[name] = values[name]
-    return body

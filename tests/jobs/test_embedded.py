@@ -157,3 +157,34 @@ def test_a_second_process_and_a_database_from_before_the_tallies_count_alike(hom
         first.submit(request("p4"))
     for queue in (first, second):
         queue.close()
+
+
+def test_listeners_hear_every_change_after_it_is_written(home):
+    """What an event stream is woken by: each call sees the change it is told of already in the queue."""
+    queue = EmbeddedQueue(settings(home))
+    heard: list[tuple[str, int]] = []
+    job_id = ""
+
+    def listener() -> None:
+        job = queue.get(job_id) if job_id else None
+        heard.append((job["status"] if job else "none", len(queue.progress_since(job_id, 0)) if job_id else 0))
+
+    queue.on_change(listener)
+    job_id = queue.submit(request())["job_id"]
+    assert heard == [("none", 0)]  # the submit itself: job_id is only known once it returns
+    heard.clear()
+    queue.cancel(job_id)
+    assert heard == [("failed", 0)]
+
+    heard.clear()
+    job_id = ""
+    job_id = queue.submit(request())["job_id"]
+    queue.start()
+    wait_until(lambda: queue.get(job_id)["status"] == "finished", 30, "the job to finish")
+    queue.close()
+    statuses = [status for status, _ in heard]
+    assert statuses[:2] == ["none", "started"] and statuses[-1] == "finished"
+    events = len(queue.progress_since(job_id, 0))
+    assert events > 0 and heard[-1] == ("finished", events)
+    # the claim, then one call per progress event, each after the event is logged
+    assert [n for status, n in heard if status == "started"] == list(range(events + 1))
