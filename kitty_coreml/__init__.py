@@ -10,11 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .cancel import CancelToken
-    from .progress import ProgressEvent
-    from .errors import (Cancelled, ConfigError, EngineError, EngineTimeout, InvalidRequest, KittyError, ModelError,
-                         NotFound, PlatformUnsupported, PublishPending, SafetyRemovedAll, StoreError)
-    from .request import GenerationRequest, GenerationResult, ImageResult
+    from .request import GenerationRequest, GenerationResult
     from .settings import Settings
 
 _ERRORS = ("KittyError", "InvalidRequest", "ConfigError", "ModelError", "PlatformUnsupported", "EngineError",

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..settings import Settings
 
-__all__ = ["load_settings", "print_json", "echo", "warn"]
+__all__ = ["load_settings", "print_json", "echo", "note", "warn"]
 
 
 def load_settings() -> Settings:
@@ -24,5 +24,11 @@ def echo(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
+def note(text: str) -> None:
+    """A line for the person, on stderr (stdout stays for results)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def warn(text: str) -> None:
-    sys.stderr.write(f"warning: {text}\n")
+    note(f"warning: {text}")

@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any
 
-from .common import echo, load_settings, print_json
+from .common import echo, load_settings, note, print_json, warn
 
 __all__ = ["run_generate", "build_request", "terminate_as_cancel", "print_result"]
 
@@ -42,11 +42,6 @@ def terminate_as_cancel() -> None:
     signal.signal(signal.SIGHUP, handler)  # the terminal closed: the engine must not outlive it
 
 
-def _note(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
 def print_result(result: dict[str, Any]) -> None:
     images = result["images"]
     seconds = result.get("timings", {}).get("total_s")
@@ -60,7 +55,7 @@ def print_result(result: dict[str, Any]) -> None:
             echo(f"    {image['storageUri']}")
     sys.stdout.flush()
     for warning in result.get("warnings", []):
-        _note(f"warning: {warning}")
+        warn(warning)
 
 
 def run_generate(prompt: str, *, as_json: bool, dry_run: bool, server: str | None, wait: bool, cold: bool,
@@ -104,7 +99,7 @@ def run_generate(prompt: str, *, as_json: bool, dry_run: bool, server: str | Non
             progress.close()
         result["servedBy"] = {"warm": served is not None, "url": served[1] if served else None}
         if not as_json:
-            _note(f"served warm by kitty-coreml serve at {served[1]} (engine {result['engine']})" if served
+            note(f"served warm by kitty-coreml serve at {served[1]} (engine {result['engine']})" if served
                   else f"served cold by the {result['engine']} engine")
     except PublishPending as exc:
         if not as_json:
@@ -112,4 +107,3 @@ def run_generate(prompt: str, *, as_json: bool, dry_run: bool, server: str | Non
         exc.answer = exc.details["result"]
         raise
     print_json(result) if as_json else print_result(result)
-

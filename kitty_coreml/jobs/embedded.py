@@ -331,12 +331,11 @@ class EmbeddedQueue:
                 self._recover()  # another process on this home may have died since
                 last_purge = time.monotonic()
             claimed = self._claim()
-            if claimed is not None:
-                self._changed()
             if claimed is None:
                 self._wake.wait(_PURGE_EVERY_S)
                 self._wake.clear()
                 continue
+            self._changed()
             self._run(*claimed)
 
     def _run(self, job_id: str, request: dict[str, Any]) -> None:

@@ -136,8 +136,8 @@ def run_warm(service: LocalService, request: GenerationRequest, settings: Settin
     and copy its PNGs into `dest` (None: leave them where the service stored them). WarmUnavailable when
     the service does not take the request; ServiceError when the job fails there."""
     from ..progress import ProgressEvent
-    from .client import ServiceClient
     from .body import body_from_request
+    from .client import ServiceClient
 
     emit = on_progress or (lambda event: None)
     client = ServiceClient(service.url, api_key=settings.api_key, loopback=True)
